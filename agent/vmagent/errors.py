@@ -1,0 +1,41 @@
+"""vmagent's exceptions: one root, ``VmagentError``, never raised directly."""
+
+from __future__ import annotations
+
+
+class VmagentError(Exception):
+    """Root of every error vmagent raises on purpose."""
+
+
+class NativeExtensionError(VmagentError, ImportError):
+    """The compiled probes are missing or were built for another version."""
+
+
+class ConfigError(VmagentError):
+    """A configuration file or value is invalid; the message names both."""
+
+    def __init__(self, source: str, key: str, problem: str) -> None:
+        super().__init__(f"{source}: {key}: {problem}")
+        self.source = source
+        self.key = key
+        self.problem = problem
+
+
+class StateError(VmagentError):
+    """The state directory or a file in it cannot be used."""
+
+
+class ProbeError(VmagentError):
+    """A kernel interface the probes need cannot be read."""
+
+
+class VMGone(ProbeError):
+    """The VM's process exited (or its pid now names another process)."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(f"VM process {pid} is gone")
+        self.pid = pid
+
+
+class ProbeUnsupported(ProbeError):
+    """This platform has no probes (yet)."""

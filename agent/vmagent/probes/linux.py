@@ -1,0 +1,528 @@
+"""Linux probes: VMs found in procfs, metered through the native extension.
+
+Discovery examines only processes it has not seen before: a process holding
+an ``anon_inode:kvm-vm`` fd is a KVM VM (QEMU, Firecracker, cloud-hypervisor),
+a ``qemu-system-*`` process without one is software emulation.  Each VM's
+files are then opened once in C and re-read with pread on every sweep.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat as stat_mod
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from vmagent.identity import derived_vm_uuid, read_boot_id
+from vmagent.probes import argv as argv_mod
+from vmagent.probes import procfs
+from vmagent.probes._native import ffi, lib
+from vmagent.probes.types import (
+    VM,
+    Disk,
+    Nic,
+    Sample,
+    Sweep,
+    VcpuThread,
+    VMRef,
+)
+
+NS_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+SECTOR = 512  # /sys/block/*/stat and size count 512-byte sectors always
+
+#: debugfs kvm/<pid>-<fd>/ files reported under ``kvm`` when readable; the
+#: per-vCPU ones are summed over the VM's vCPUs by the kernel
+#: (torvalds/linux:virt/kvm/kvm_main.c, kvm_get_stat_per_vcpu).
+KVM_STATS = (
+    "exits", "halt_exits", "halt_wakeup", "io_exits", "mmio_exits",
+    "irq_exits", "signal_exits", "insn_emulation", "pf_taken",
+    "pages_4k", "pages_2m", "pages_1g",
+)
+#: A QEMU asking for KVM that has no kvm-vm fd yet is still starting.
+STARTUP_GRACE_S = 5.0
+#: A VM whose vCPU threads are not all there is looked at again meanwhile.
+LAYOUT_GRACE_S = 60.0
+
+_VHOST_KTHREAD = re.compile(r"vhost-(\d+)")
+_QCOW2_MAGIC = b"QFI\xfb"
+
+
+@dataclass
+class _Metered:
+    """A VM with its native handle and the reading struct it fills."""
+
+    vm: VM
+    handle: Any
+    reading: Any
+    arrays: list[Any] = field(default_factory=list)  # keep cdata alive
+    stale: bool = False  # an item failed: look at the layout again
+
+    def close(self) -> None:
+        if self.handle is not None:
+            lib.vmprobe_vm_close(self.handle)
+            self.handle = None
+
+
+class _Defer(Exception):
+    """The process is not ready to be examined; look again next time."""
+
+
+class Prober:
+    """Finds and meters the VMs of one Linux host.
+
+    Every filesystem root is a parameter so tests can point them elsewhere.
+    """
+
+    def __init__(self, host_id: str, *, procfs_root: str = "/proc",
+                 sysfs_root: str = "/sys",
+                 debugfs_root: str = "/sys/kernel/debug") -> None:
+        self.host_id = host_id
+        self.procfs = procfs_root
+        self.sysfs = sysfs_root
+        self.debugfs = debugfs_root
+        self.boot_id = read_boot_id(procfs_root)
+        self._seen: set[int] = set()
+        self._metered: dict[int, _Metered] = {}
+        self._vhost_owner: dict[int, int] = {}  # vhost kthread -> VM pid
+
+    # --- public API (the same names on every platform) -------------------
+
+    def discover(self) -> list[VM]:
+        """Examine processes not seen before; returns the VMs found new."""
+        pids = {int(n) for n in os.listdir(self.procfs) if n.isdigit()}
+        self._seen &= pids
+        for pid in list(self._metered):
+            if pid not in pids:
+                self._metered[pid].stale = True  # sample() reports it gone
+        new: list[VM] = []
+        vhosts: list[tuple[int, int]] = []
+        for pid in sorted(pids - self._seen):
+            try:
+                found = self._examine(pid)
+            except _Defer:
+                continue
+            self._seen.add(pid)
+            if isinstance(found, VM):
+                self._start_metering(found)
+                new.append(found)
+            elif isinstance(found, tuple):
+                vhosts.append(found)
+        self._attach_vhosts(vhosts)
+        self._refresh_stale()
+        return new
+
+    def sample(self) -> Sweep:
+        """Read every known VM once; VMs that exited are in ``gone``."""
+        sweep = Sweep()
+        for pid, m in list(self._metered.items()):
+            try:
+                if lib.vmprobe_vm_read(m.handle, m.reading) != 0:
+                    self._forget(pid)
+                    sweep.gone.append(m.vm)
+                    continue
+                if m.reading.stat.starttime != m.vm.start_ticks:
+                    self._forget(pid)  # the pid names another process now
+                    sweep.gone.append(m.vm)
+                    continue
+                sweep.samples.append((m.vm, self._record(m)))
+            except Exception as err:  # noqa: BLE001 - one VM never stops a sweep
+                sweep.failed.append((m.vm, f"{type(err).__name__}: {err}"))
+        return sweep
+
+    def vms(self) -> list[VM]:
+        """The VMs being metered now."""
+        return [m.vm for m in self._metered.values()]
+
+    def close(self) -> None:
+        """Close every cached fd."""
+        for m in self._metered.values():
+            m.close()
+        self._metered.clear()
+        self._seen.clear()
+
+    def __enter__(self) -> Prober:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- discovery --------------------------------------------------------
+
+    def _examine(self, pid: int) -> VM | tuple[int, int] | None:
+        """A VM, a (vhost kthread, owner) pair, or None for anything else."""
+        pdir = f"{self.procfs}/{pid}"
+        stat = _read_stat(pdir)
+        if stat is None:
+            return None
+        if stat.flags & procfs.PF_KTHREAD:
+            m = _VHOST_KTHREAD.fullmatch(stat.comm)
+            return (pid, int(m.group(1))) if m else None
+        links = _fd_links(pdir)
+        vm_fd = next((fd for fd, link in links.items()
+                      if link == "anon_inode:kvm-vm"), None)
+        argv = procfs.split_cmdline(_read(f"{pdir}/cmdline") or b"")
+        exe = os.path.basename(_readlink(f"{pdir}/exe") or "")
+        if vm_fd is None and not exe.startswith("qemu-system-"):
+            return None
+        qemu = argv_mod.parse_qemu_argv(argv)
+        if vm_fd is None and qemu.wants_kvm and \
+                self._age_s(stat.starttime) < STARTUP_GRACE_S:
+            raise _Defer
+        return self._layout(pid, stat, links, vm_fd, argv, qemu)
+
+    def _layout(self, pid: int, stat: procfs.Stat, links: dict[int, str],
+                vm_fd: int | None, argv: list[str],
+                qemu: argv_mod.QemuArgs) -> VM:
+        pdir = f"{self.procfs}/{pid}"
+        name = qemu.name or argv_mod.firecracker_id(argv) or \
+            f"{stat.comm}-{pid}"
+        name = procfs.display_text(name)
+        ref = VMRef(
+            uuid=qemu.uuid or derived_vm_uuid(self.host_id, name),
+            name=name,
+            gen=f"{self.boot_id}-{pid}-{stat.starttime}",
+            hypervisor="kvm" if vm_fd is not None else "qemu",
+        )
+        threads, complete = self._vcpu_threads(pdir, pid, vm_fd, qemu.vcpus)
+        if not complete and self._age_s(stat.starttime) > LAYOUT_GRACE_S:
+            complete = True  # accept what there is rather than look forever
+        return VM(
+            ref=ref, pid=pid, start_ticks=stat.starttime,
+            vcpus=qemu.vcpus, alloc_bytes=qemu.mem_bytes,
+            nics=self._nics(pdir, links, qemu),
+            disks=self._disks(pdir, links),
+            vcpu_threads=threads,
+            kvm_stats=self._kvm_stats(pid, vm_fd),
+            complete=complete,
+        )
+
+    def _vcpu_threads(self, pdir: str, pid: int, vm_fd: int | None,
+                      configured: int | None,
+                      ) -> tuple[tuple[VcpuThread, ...], bool]:
+        found: list[VcpuThread] = []
+        single_tcg = False
+        for tid in _listdir_ints(f"{pdir}/task"):
+            comm = (_read(f"{pdir}/task/{tid}/comm") or b"").decode(
+                "utf-8", "replace").strip()
+            single_tcg |= comm == "ALL CPUs/TCG"  # one thread for all vCPUs
+            idx = argv_mod.vcpu_index(comm)
+            if idx is not None:
+                found.append(VcpuThread(idx, tid, "thread-name"))
+        if not found and vm_fd is not None:
+            found = self._debugfs_vcpus(pid, vm_fd)
+        found.sort(key=lambda t: t.id)
+        complete = single_tcg or configured is None or len(found) >= configured
+        return tuple(found), complete
+
+    def _debugfs_vcpus(self, pid: int, vm_fd: int) -> list[VcpuThread]:
+        """Unnamed threads: KVM's vcpuN/pid (0 until the vCPU first runs)."""
+        kdir = f"{self.debugfs}/kvm/{pid}-{vm_fd}"
+        found = []
+        for entry in _listdir(kdir):
+            m = re.fullmatch(r"vcpu(\d+)", entry)
+            tid = _read_int(f"{kdir}/{entry}/pid") if m else None
+            if m and tid:
+                found.append(VcpuThread(int(m.group(1)), tid, "debugfs"))
+        return found
+
+    def _nics(self, pdir: str, links: dict[int, str],
+              qemu: argv_mod.QemuArgs) -> tuple[Nic, ...]:
+        nics: dict[str, Nic] = {}
+        for fd, link in sorted(links.items()):
+            if link != "/dev/net/tun":
+                continue
+            text = (_read(f"{pdir}/fdinfo/{fd}") or b"").decode()
+            iff = procfs.fdinfo_iff(text)
+            # multiqueue: one fd per queue; a tap in another network
+            # namespace has no counters in this sysfs (docs/records.md)
+            if iff and iff not in nics and \
+                    os.path.isdir(f"{self.sysfs}/class/net/{iff}/statistics"):
+                mac = qemu.tap_macs.get(iff) or qemu.fd_macs.get(fd)
+                nics[iff] = Nic(name=iff, mac=mac)
+        return tuple(nics.values())
+
+    def _disks(self, pdir: str, links: dict[int, str]) -> tuple[Disk, ...]:
+        disks = []
+        for fd, link in sorted(links.items()):
+            if not link.startswith("/") or _never_a_disk(link):
+                continue
+            try:
+                st = os.stat(f"{pdir}/fd/{fd}")
+            except OSError:
+                continue
+            fdinfo = (_read(f"{pdir}/fdinfo/{fd}") or b"").decode()
+            if stat_mod.S_ISBLK(st.st_mode):
+                blk = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+                sectors = _read_int(f"{self.sysfs}/dev/block/{blk}/size")
+                capacity = sectors * SECTOR if sectors is not None else None
+            elif stat_mod.S_ISREG(st.st_mode) and \
+                    not procfs.fdinfo_write_only(fdinfo):
+                blk, capacity = None, _qcow2_size(f"{pdir}/fd/{fd}")
+            else:
+                continue
+            disks.append(Disk(procfs.display_text(link), fd, st.st_dev,
+                              st.st_ino, capacity, blk))
+        return tuple(disks)
+
+    def _kvm_stats(self, pid: int,
+                   vm_fd: int | None) -> tuple[tuple[str, str], ...]:
+        """The debugfs counters this agent may read (most answer EPERM
+        under kernel lockdown or on some hosts: those are left out)."""
+        if vm_fd is None:
+            return ()
+        kdir = f"{self.debugfs}/kvm/{pid}-{vm_fd}"
+        return tuple((n, f"{kdir}/{n}") for n in KVM_STATS
+                     if _read_int(f"{kdir}/{n}") is not None)
+
+    def _age_s(self, start_ticks: int) -> float:
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - \
+            start_ticks * NS_PER_TICK / 1e9
+
+    def _attach_vhosts(self, vhosts: list[tuple[int, int]]) -> None:
+        for kpid, owner in vhosts:
+            m = self._metered.get(owner)
+            if m is not None:
+                self._vhost_owner[kpid] = owner
+                m.vm = replace(m.vm, vhost_pids=(*m.vm.vhost_pids, kpid))
+                m.stale = True
+
+    def _refresh_stale(self) -> None:
+        """Re-read the layout (threads, taps, disks) of VMs that changed."""
+        for pid, m in list(self._metered.items()):
+            if not (m.stale or not m.vm.complete):
+                continue
+            pdir = f"{self.procfs}/{pid}"
+            stat = _read_stat(pdir)
+            if stat is None or stat.starttime != m.vm.start_ticks:
+                continue  # sample() will report it gone
+            links = _fd_links(pdir)
+            vm_fd = next((fd for fd, link in links.items()
+                          if link == "anon_inode:kvm-vm"), None)
+            argv = procfs.split_cmdline(_read(f"{pdir}/cmdline") or b"")
+            fresh = self._layout(pid, stat, links, vm_fd, argv,
+                                 argv_mod.parse_qemu_argv(argv))
+            vhost = tuple(k for k in m.vm.vhost_pids
+                          if _read_stat(f"{self.procfs}/{k}") is not None)
+            m.close()
+            self._start_metering(replace(fresh, ref=m.vm.ref,
+                                         vhost_pids=vhost))
+
+    # --- sampling ---------------------------------------------------------
+
+    def _start_metering(self, vm: VM) -> None:
+        """Open the VM's files in C and allocate its reading struct."""
+        keep: list[Any] = []
+
+        def owned(ctype: str, init: Any) -> Any:
+            # a struct field only points: the owner must outlive the open
+            keep.append(ffi.new(ctype, init))
+            return keep[-1]
+
+        def strings(items: list[str | None]) -> Any:
+            return owned("char *[]", [
+                owned("char[]", s.encode("utf-8", "surrogateescape"))
+                if s is not None else ffi.NULL for s in items] or [ffi.NULL])
+
+        pdir = f"{self.procfs}/{vm.pid}"
+        sched = [f"{pdir}/task/{t.tid}/schedstat" for t in vm.vcpu_threads]
+        sched += [f"{self.procfs}/{k}/schedstat" for k in vm.vhost_pids]
+        spec = ffi.new("struct vmprobe_vm_spec *")
+        spec.proc_dir = owned("char[]", pdir.encode())
+        spec.sched_paths, spec.n_sched = strings(sched), len(sched)
+        spec.nic_dirs = strings(
+            [f"{self.sysfs}/class/net/{n.name}/statistics" for n in vm.nics])
+        spec.n_nics = len(vm.nics)
+        spec.disk_links = strings([f"{pdir}/fd/{d.fd}" for d in vm.disks])
+        spec.disk_dev = owned("uint64_t[]", [d.dev for d in vm.disks] or 1)
+        spec.disk_ino = owned("uint64_t[]", [d.ino for d in vm.disks] or 1)
+        spec.disk_blk_stats = strings(
+            [f"{self.sysfs}/dev/block/{d.block_device}/stat"
+             if d.block_device else None for d in vm.disks])
+        spec.n_disks = len(vm.disks)
+        spec.u64_paths = strings([p for _, p in vm.kvm_stats])
+        spec.n_u64 = len(vm.kvm_stats)
+        handle = lib.vmprobe_vm_open(spec)
+        if handle == ffi.NULL:
+            return  # exited already: nothing to meter
+        reading = ffi.new("struct vmprobe_reading *")
+        arrays = [
+            ffi.new("struct vmprobe_thread[]", max(len(sched), 1)),
+            ffi.new("struct vmprobe_nic[]", max(len(vm.nics), 1)),
+            ffi.new("struct vmprobe_disk[]", max(len(vm.disks), 1)),
+            ffi.new("struct vmprobe_u64[]", max(len(vm.kvm_stats), 1)),
+        ]
+        reading.threads, reading.nics, reading.disks, reading.u64s = arrays
+        self._metered[vm.pid] = _Metered(vm, handle, reading, arrays)
+
+    def _forget(self, pid: int) -> None:
+        m = self._metered.pop(pid)
+        m.close()
+        self._seen.discard(pid)  # a new process with this pid gets examined
+        for kpid in m.vm.vhost_pids:
+            self._vhost_owner.pop(kpid, None)
+
+    def _record(self, m: _Metered) -> Sample:
+        """The reading as a ``sample`` record body (ARCHITECTURE §3)."""
+        vm, r = m.vm, m.reading
+        st = r.stat
+        cpu: dict[str, Any] = {
+            "total_ns": (st.utime + st.stime) * NS_PER_TICK,
+            "user_ns": st.utime * NS_PER_TICK,
+            "system_ns": st.stime * NS_PER_TICK,
+        }
+        if st.has_guest_time:
+            cpu["guest_ns"] = st.guest_time * NS_PER_TICK
+        n_vcpu = len(vm.vcpu_threads)
+        if vm.vhost_pids:
+            vhost = [r.threads[n_vcpu + i] for i in range(len(vm.vhost_pids))]
+            cpu["vhost_ns"] = sum(t.sched.run_ns for t in vhost if t.err == 0)
+            m.stale |= any(t.err for t in vhost)
+        if n_vcpu:
+            cpu["vcpus"] = []
+            for i, t in enumerate(vm.vcpu_threads):
+                th = r.threads[i]
+                if th.err:
+                    m.stale = True
+                    continue
+                cpu["vcpus"].append({"id": t.id, "run_ns": th.sched.run_ns,
+                                     "wait_ns": th.sched.wait_ns})
+        mem = {"rss_bytes": st.rss_pages * PAGE_SIZE}
+        if vm.alloc_bytes is not None:
+            mem["alloc_bytes"] = vm.alloc_bytes
+        if r.status_err == 0 and r.status.has_hugetlb:
+            mem["hugetlb_bytes"] = r.status.hugetlb_kb * 1024
+        io = {}
+        if r.io_err == 0 and r.io.has_storage:
+            io = {"rd_bytes": r.io.read_bytes, "wr_bytes": r.io.write_bytes}
+        out: Sample = {"vm": vm.ref.as_record(), "cpu": cpu, "mem": mem,
+                       "nics": self._nic_records(m), "io": io,
+                       "disks": self._disk_records(m)}
+        kvm = {name: r.u64s[i].value for i, (name, _) in
+               enumerate(vm.kvm_stats) if r.u64s[i].err == 0}
+        if kvm:
+            out["kvm"] = kvm
+        return out
+
+    @staticmethod
+    def _nic_records(m: _Metered) -> list[dict[str, Any]]:
+        """Tap counters swapped to the guest's view: guest rx = tap tx."""
+        out = []
+        for i, nic in enumerate(m.vm.nics):
+            c = m.reading.nics[i]
+            if c.err:
+                m.stale = True
+                continue
+            rec: dict[str, Any] = {"name": nic.name}
+            if nic.mac:
+                rec["mac"] = nic.mac
+            rec.update(
+                rx_bytes=c.tx_bytes, rx_packets=c.tx_packets,
+                rx_errors=c.tx_errors, rx_drops=c.tx_dropped,
+                tx_bytes=c.rx_bytes, tx_packets=c.rx_packets,
+                tx_errors=c.rx_errors, tx_drops=c.rx_dropped)
+            out.append(rec)
+        return out
+
+    @staticmethod
+    def _disk_records(m: _Metered) -> list[dict[str, Any]]:
+        out = []
+        for i, disk in enumerate(m.vm.disks):
+            d = m.reading.disks[i]
+            if d.err:
+                m.stale = True
+                continue
+            rec = {"path": disk.path}
+            if disk.block_device is None:
+                rec["capacity_bytes"] = disk.capacity_bytes \
+                    if disk.capacity_bytes is not None else d.size_bytes
+                rec["allocated_bytes"] = d.alloc_bytes
+            elif disk.capacity_bytes is not None:
+                rec["capacity_bytes"] = disk.capacity_bytes
+            if d.has_blk:
+                rec.update(rd_bytes=d.rd_sectors * SECTOR,
+                           wr_bytes=d.wr_sectors * SECTOR,
+                           rd_ops=d.rd_ios, wr_ops=d.wr_ios)
+            out.append(rec)
+        return out
+
+
+# --- small readers: None when the file is gone or unreadable --------------
+
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _read_int(path: str) -> int | None:
+    raw = _read(path)
+    try:
+        return int(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
+def _readlink(path: str) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+def _listdir_ints(path: str) -> list[int]:
+    return sorted(int(n) for n in _listdir(path) if n.isdigit())
+
+
+def _read_stat(pdir: str) -> procfs.Stat | None:
+    raw = _read(f"{pdir}/stat")
+    if not raw:
+        return None
+    try:
+        return procfs.parse_stat(raw)
+    except ValueError:
+        return None
+
+
+def _fd_links(pdir: str) -> dict[int, str]:
+    links = {}
+    for fd in _listdir_ints(f"{pdir}/fd"):
+        link = _readlink(f"{pdir}/fd/{fd}")
+        if link is not None:
+            links[fd] = link
+    return links
+
+
+def _never_a_disk(link: str) -> bool:
+    """Paths a VM holds that are not disks: guest RAM backing files (unlinked
+    memfd or hugetlbfs files) and kernel pseudo-files."""
+    return (link.endswith(" (deleted)") or link.startswith(
+        ("/proc/", "/sys/", "/memfd:", "/dev/hugepages")))
+
+
+def _qcow2_size(path: str) -> int | None:
+    """The virtual size of a qcow2 image (big-endian u64 at offset 24 of the
+    header, qemu/qemu:docs/interop/qcow2.txt), None for anything else."""
+    head = _read_head(path, 32)
+    if head is None or len(head) < 32 or head[:4] != _QCOW2_MAGIC:
+        return None
+    return int.from_bytes(head[24:32], "big")
+
+
+def _read_head(path: str, n: int) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError:
+        return None

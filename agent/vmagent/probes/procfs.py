@@ -1,0 +1,121 @@
+"""Pure parsers for Linux procfs text, tested with literal strings.
+
+The hot-path parsers (stat, status, io, schedstat) are C (native/linux/
+procfs.c) and are wrapped here so that discovery and tests use the very same
+code as the sampler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vmagent.probes._native import ffi, lib
+
+PF_KTHREAD = 0x00200000  # torvalds/linux:include/linux/sched.h
+O_ACCMODE, O_WRONLY = 0o3, 0o1  # octal, as fdinfo prints flags
+
+
+@dataclass(frozen=True)
+class Stat:
+    comm: str
+    state: str
+    flags: int
+    utime: int
+    stime: int
+    num_threads: int
+    starttime: int
+    rss_pages: int
+    guest_time: int | None
+
+
+def _parse(fn, text: bytes | str, ctype: str):  # type: ignore[no-untyped-def]
+    data = text.encode() if isinstance(text, str) else text
+    out = ffi.new(ctype)
+    if fn(data, len(data), out) != 0:
+        raise ValueError(f"not a valid {ctype[7:-2]} file: {data[:80]!r}")
+    return out
+
+
+def parse_stat(text: bytes | str) -> Stat:
+    """``/proc/<pid>/stat``; the command name may hold spaces and ``)``."""
+    s = _parse(lib.vmprobe_parse_stat, text, "struct vmprobe_stat *")
+    return Stat(
+        comm=ffi.string(s.comm).decode("utf-8", "backslashreplace"),
+        state=s.state.decode(),
+        flags=s.flags,
+        utime=s.utime,
+        stime=s.stime,
+        num_threads=s.num_threads,
+        starttime=s.starttime,
+        rss_pages=s.rss_pages,
+        guest_time=s.guest_time if s.has_guest_time else None,
+    )
+
+
+def parse_status(text: bytes | str) -> dict[str, int]:
+    """``VmRSS`` and ``HugetlbPages`` of ``/proc/<pid>/status``, in kB."""
+    s = _parse(lib.vmprobe_parse_status, text, "struct vmprobe_status *")
+    out = {}
+    if s.has_vm_rss:
+        out["VmRSS"] = s.vm_rss_kb
+    if s.has_hugetlb:
+        out["HugetlbPages"] = s.hugetlb_kb
+    return out
+
+
+def parse_io(text: bytes | str) -> dict[str, int]:
+    """``/proc/<pid>/io``; storage keys only where the kernel counts them."""
+    s = _parse(lib.vmprobe_parse_io, text, "struct vmprobe_io *")
+    out = {"rchar": s.rchar, "wchar": s.wchar,
+           "syscr": s.syscr, "syscw": s.syscw}
+    if s.has_storage:
+        out.update(read_bytes=s.read_bytes, write_bytes=s.write_bytes,
+                   cancelled_write_bytes=s.cancelled_write_bytes)
+    return out
+
+
+def parse_schedstat(text: bytes | str) -> tuple[int, int, int]:
+    """(run_ns, wait_ns, timeslices) of a ``schedstat`` file."""
+    s = _parse(lib.vmprobe_parse_schedstat, text,
+               "struct vmprobe_schedstat *")
+    return s.run_ns, s.wait_ns, s.timeslices
+
+
+def parse_fdinfo(text: str) -> dict[str, str]:
+    """``/proc/<pid>/fdinfo/<fd>`` as a dict (first value of each key).
+
+    A tun/tap fd has ``iff:`` naming its interface (torvalds/linux:drivers/
+    net/tun.c, tun_chr_show_fdinfo), empty when its queue is detached.
+    """
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key not in out:
+            out[key] = value.strip()
+    return out
+
+
+def fdinfo_iff(text: str) -> str | None:
+    """The tap name of a ``/dev/net/tun`` fd, None if none is attached."""
+    return parse_fdinfo(text).get("iff") or None
+
+
+def fdinfo_write_only(text: str) -> bool:
+    """Whether the fd was opened O_WRONLY (logs and pid files, not disks)."""
+    flags = parse_fdinfo(text).get("flags")
+    return flags is not None and int(flags, 8) & O_ACCMODE == O_WRONLY
+
+
+def split_cmdline(raw: bytes) -> list[str]:
+    """``/proc/<pid>/cmdline`` (NUL-separated) as strings, bad bytes kept."""
+    if raw.endswith(b"\0"):
+        raw = raw[:-1]
+    if not raw:
+        return []
+    return [a.decode("utf-8", "surrogateescape") for a in raw.split(b"\0")]
+
+
+def display_text(s: str) -> str:
+    """Text for records: invalid bytes written as ``\\xNN`` (ARCHITECTURE §3)."""
+    return s.encode("utf-8", "surrogateescape").decode(
+        "utf-8", "backslashreplace")

@@ -1,0 +1,83 @@
+"""The probes' public types, the same on every platform."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+#: A record-shaped dict (ARCHITECTURE §3): ``vm``, ``cpu``, ``mem``, ``nics``,
+#: ``io``, ``disks`` and, where readable, ``kvm``.  Quantities are ints.
+Sample = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class VMRef:
+    """Who a VM is: the ``vm`` map of every VM record."""
+
+    uuid: str
+    name: str
+    gen: str
+    hypervisor: str  # "kvm", "qemu" (software emulation) or "bhyve"
+
+    def as_record(self) -> dict[str, str]:
+        return {
+            "uuid": self.uuid,
+            "name": self.name,
+            "gen": self.gen,
+            "hypervisor": self.hypervisor,
+        }
+
+
+@dataclass(frozen=True)
+class Nic:
+    """A host interface carrying one of the VM's NICs."""
+
+    name: str  # the host tap
+    mac: str | None  # the guest's MAC where the command line names it
+
+
+@dataclass(frozen=True)
+class Disk:
+    """A backing file or block device the VM's process holds open."""
+
+    path: str
+    fd: int
+    dev: int  # st_dev and st_ino, to notice a reused fd number
+    ino: int
+    capacity_bytes: int | None  # None: the file's size is the capacity
+    block_device: str | None  # "MAJ:MIN" when the backing is a block device
+
+
+@dataclass(frozen=True)
+class VcpuThread:
+    """A thread that runs one vCPU."""
+
+    id: int  # QEMU's CPU index (``CPU n/KVM``), or KVM's vcpu index
+    tid: int
+    id_source: str  # "thread-name" or "debugfs"
+
+
+@dataclass(frozen=True)
+class VM:
+    """One run (gen) of a VM process and how to meter it."""
+
+    ref: VMRef
+    pid: int
+    start_ticks: int
+    vcpus: int | None  # configured vCPU count
+    alloc_bytes: int | None  # configured guest memory
+    nics: tuple[Nic, ...] = ()
+    disks: tuple[Disk, ...] = ()
+    vcpu_threads: tuple[VcpuThread, ...] = ()
+    vhost_pids: tuple[int, ...] = ()  # vhost kernel threads outside the process
+    kvm_stats: tuple[tuple[str, str], ...] = ()  # (name, debugfs path)
+    complete: bool = True  # False: vCPU threads still missing, look again
+
+
+@dataclass
+class Sweep:
+    """What one ``sample()`` call read."""
+
+    samples: list[tuple[VM, Sample]] = field(default_factory=list)
+    gone: list[VM] = field(default_factory=list)
+    failed: list[tuple[VM, str]] = field(default_factory=list)

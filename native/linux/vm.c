@@ -1,0 +1,279 @@
+/*
+ * One VM process: every kernel file it is metered from, opened once and
+ * re-read with pread on each sweep (measured: this is what comes close to the
+ * cost of the kernel generating the text).  Item files (threads, taps, disks,
+ * debugfs) fail one by one into their own err; only the process's stat file
+ * failing means the VM is gone.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "vmprobe.h"
+
+#define TEXT_MAX 8192 /* /proc/<pid>/status is ~1.5 KiB on 6.x */
+#define SMALL_MAX 128
+#define NO_FD INT_MIN /* an item that has no such file (not an error) */
+
+struct vmprobe_vm {
+    int stat_fd, status_fd, io_fd;
+    int n_sched, n_nics, n_disks, n_u64;
+    int *sched_fd;            /* n_sched; < 0 is -errno from open */
+    int *nic_fd;              /* n_nics * VMPROBE_NIC_COUNTERS */
+    char **disk_link;
+    uint64_t *disk_dev, *disk_ino;
+    int *blk_fd;              /* NO_FD where there is no block device */
+    int *u64_fd;
+};
+
+/* sysfs statistics/ file names, in struct vmprobe_nic field order. */
+static const char *const nic_files[VMPROBE_NIC_COUNTERS] = {
+    "rx_bytes", "rx_packets", "rx_errors", "rx_dropped",
+    "tx_bytes", "tx_packets", "tx_errors", "tx_dropped",
+};
+
+static int open_in(const char *dir, const char *name)
+{
+    char path[4096];
+    int n = snprintf(path, sizeof(path), "%s/%s", dir, name);
+
+    if (n < 0 || (size_t)n >= sizeof(path))
+        return -ENAMETOOLONG;
+    return _vmprobe_open_ro(path);
+}
+
+static void close_all(int *fds, int n)
+{
+    int i;
+
+    for (i = 0; fds != NULL && i < n; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+}
+
+void vmprobe_vm_close(struct vmprobe_vm *vm)
+{
+    int i;
+
+    if (vm == NULL)
+        return;
+    close_all(&vm->stat_fd, 1);
+    close_all(&vm->status_fd, 1);
+    close_all(&vm->io_fd, 1);
+    close_all(vm->sched_fd, vm->n_sched);
+    close_all(vm->nic_fd, vm->n_nics * VMPROBE_NIC_COUNTERS);
+    close_all(vm->blk_fd, vm->n_disks);
+    close_all(vm->u64_fd, vm->n_u64);
+    for (i = 0; vm->disk_link != NULL && i < vm->n_disks; i++)
+        free(vm->disk_link[i]);
+    free(vm->sched_fd);
+    free(vm->nic_fd);
+    free(vm->disk_link);
+    free(vm->disk_dev);
+    free(vm->disk_ino);
+    free(vm->blk_fd);
+    free(vm->u64_fd);
+    free(vm);
+}
+
+static int *open_each(const char *const *paths, int n)
+{
+    int *fds = calloc((size_t)n + 1, sizeof(int)), i;
+
+    for (i = 0; fds != NULL && i < n; i++)
+        fds[i] = paths[i] != NULL ? _vmprobe_open_ro(paths[i]) : NO_FD;
+    return fds;
+}
+
+static int open_items(struct vmprobe_vm *vm, const struct vmprobe_vm_spec *s)
+{
+    size_t nd = (size_t)s->n_disks + 1;
+    int i, k;
+
+    vm->sched_fd = open_each(s->sched_paths, s->n_sched);
+    vm->u64_fd = open_each(s->u64_paths, s->n_u64);
+    vm->blk_fd = open_each(s->disk_blk_stats, s->n_disks);
+    vm->nic_fd = calloc((size_t)s->n_nics * VMPROBE_NIC_COUNTERS + 1,
+                        sizeof(int));
+    vm->disk_link = calloc(nd, sizeof(char *));
+    vm->disk_dev = calloc(nd, sizeof(uint64_t));
+    vm->disk_ino = calloc(nd, sizeof(uint64_t));
+    if (!vm->sched_fd || !vm->u64_fd || !vm->blk_fd || !vm->nic_fd ||
+        !vm->disk_link || !vm->disk_dev || !vm->disk_ino)
+        return -1;
+    for (i = 0; i < s->n_nics; i++)
+        for (k = 0; k < VMPROBE_NIC_COUNTERS; k++)
+            vm->nic_fd[i * VMPROBE_NIC_COUNTERS + k] =
+                open_in(s->nic_dirs[i], nic_files[k]);
+    for (i = 0; i < s->n_disks; i++) {
+        if ((vm->disk_link[i] = strdup(s->disk_links[i])) == NULL)
+            return -1;
+        vm->disk_dev[i] = s->disk_dev[i];
+        vm->disk_ino[i] = s->disk_ino[i];
+    }
+    return 0;
+}
+
+struct vmprobe_vm *vmprobe_vm_open(const struct vmprobe_vm_spec *spec)
+{
+    struct vmprobe_vm *vm = calloc(1, sizeof(*vm));
+    int saved;
+
+    if (vm == NULL)
+        return NULL;
+    vm->status_fd = vm->io_fd = -1;
+    vm->n_sched = spec->n_sched;
+    vm->n_nics = spec->n_nics;
+    vm->n_disks = spec->n_disks;
+    vm->n_u64 = spec->n_u64;
+    vm->stat_fd = open_in(spec->proc_dir, "stat");
+    if (vm->stat_fd < 0) {
+        saved = -vm->stat_fd;
+        goto error;
+    }
+    vm->status_fd = open_in(spec->proc_dir, "status");
+    vm->io_fd = open_in(spec->proc_dir, "io");
+    if (open_items(vm, spec) < 0) {
+        saved = ENOMEM;
+        goto error;
+    }
+    return vm;
+
+error:
+    vmprobe_vm_close(vm);
+    errno = saved;
+    return NULL;
+}
+
+/* Reads a text file through its cached fd into buf; 0 or an errno value. */
+static int read_text(int fd, char *buf, size_t cap, ssize_t *len)
+{
+    if (fd == NO_FD)
+        return ENOENT;
+    if (fd < 0)
+        return -fd;
+    *len = _vmprobe_pread_text(fd, buf, cap);
+    return *len < 0 ? errno : 0;
+}
+
+static int read_u64(int fd, uint64_t *out)
+{
+    char buf[SMALL_MAX];
+    ssize_t n;
+    int err = read_text(fd, buf, sizeof(buf), &n);
+
+    if (err == 0 && vmprobe_parse_u64(buf, (size_t)n, out) < 0)
+        err = errno;
+    return err;
+}
+
+static void read_nic(const int *fds, struct vmprobe_nic *nic)
+{
+    uint64_t *dst[VMPROBE_NIC_COUNTERS] = {
+        &nic->rx_bytes, &nic->rx_packets, &nic->rx_errors, &nic->rx_dropped,
+        &nic->tx_bytes, &nic->tx_packets, &nic->tx_errors, &nic->tx_dropped,
+    };
+    int k;
+
+    nic->err = 0;
+    for (k = 0; k < VMPROBE_NIC_COUNTERS && nic->err == 0; k++)
+        nic->err = read_u64(fds[k], dst[k]);
+}
+
+/* /sys/dev/block/M:m/stat: fields 1, 3, 5, 7 (Documentation/block/stat.rst) */
+static int read_blk(int fd, struct vmprobe_disk *d)
+{
+    char buf[512];
+    unsigned long long v[7];
+    ssize_t n;
+    int err = read_text(fd, buf, sizeof(buf), &n);
+
+    if (err != 0)
+        return err;
+    if (sscanf(buf, "%llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1],
+               &v[2], &v[3], &v[4], &v[5], &v[6]) != 7)
+        return EINVAL;
+    d->rd_ios = v[0];
+    d->rd_sectors = v[2];
+    d->wr_ios = v[4];
+    d->wr_sectors = v[6];
+    d->has_blk = 1;
+    return 0;
+}
+
+/* stat() through /proc/<pid>/fd/<n>: the file behind the VM's own fd, checked
+ * to still be the one seen at discovery (an fd number can be reused). */
+static void read_disk(struct vmprobe_vm *vm, int i, struct vmprobe_disk *d)
+{
+    struct stat st;
+
+    memset(d, 0, sizeof(*d));
+    if (stat(vm->disk_link[i], &st) < 0) {
+        d->err = errno;
+        return;
+    }
+    if ((uint64_t)st.st_dev != vm->disk_dev[i] ||
+        (uint64_t)st.st_ino != vm->disk_ino[i]) {
+        d->err = ESTALE;
+        return;
+    }
+    d->size_bytes = (uint64_t)st.st_size;
+    d->alloc_bytes = (uint64_t)st.st_blocks * 512; /* st_blocks: 512 B units */
+    if (vm->blk_fd[i] != NO_FD)
+        d->err = read_blk(vm->blk_fd[i], d);
+}
+
+static int read_process(struct vmprobe_vm *vm, struct vmprobe_reading *out)
+{
+    char buf[TEXT_MAX];
+    ssize_t n;
+    int err = read_text(vm->stat_fd, buf, sizeof(buf), &n);
+
+    /* A reaped process's stat fd gives ESRCH; a zombie has lost its mm. */
+    if (err == 0 && n == 0)
+        err = ESRCH;
+    if (err == 0 && vmprobe_parse_stat(buf, (size_t)n, &out->stat) < 0)
+        err = errno;
+    if (err == 0 && (out->stat.state == 'Z' || out->stat.state == 'X'))
+        err = ESRCH;
+    if (err != 0) {
+        errno = err;
+        return -1;
+    }
+    out->status_err = read_text(vm->status_fd, buf, sizeof(buf), &n);
+    if (out->status_err == 0 &&
+        vmprobe_parse_status(buf, (size_t)n, &out->status) < 0)
+        out->status_err = errno;
+    out->io_err = read_text(vm->io_fd, buf, sizeof(buf), &n);
+    if (out->io_err == 0 && vmprobe_parse_io(buf, (size_t)n, &out->io) < 0)
+        out->io_err = errno;
+    return 0;
+}
+
+int vmprobe_vm_read(struct vmprobe_vm *vm, struct vmprobe_reading *out)
+{
+    char buf[SMALL_MAX];
+    ssize_t n;
+    int i;
+
+    if (read_process(vm, out) < 0)
+        return -1;
+    for (i = 0; i < vm->n_sched; i++) {
+        struct vmprobe_thread *t = &out->threads[i];
+        t->err = read_text(vm->sched_fd[i], buf, sizeof(buf), &n);
+        if (t->err == 0 &&
+            vmprobe_parse_schedstat(buf, (size_t)n, &t->sched) < 0)
+            t->err = errno;
+    }
+    for (i = 0; i < vm->n_nics; i++)
+        read_nic(&vm->nic_fd[i * VMPROBE_NIC_COUNTERS], &out->nics[i]);
+    for (i = 0; i < vm->n_disks; i++)
+        read_disk(vm, i, &out->disks[i]);
+    for (i = 0; i < vm->n_u64; i++)
+        out->u64s[i].err = read_u64(vm->u64_fd[i], &out->u64s[i].value);
+    return 0;
+}

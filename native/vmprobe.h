@@ -1,0 +1,149 @@
+/*
+ * vmprobe: the whole C API that vmagent's Python side may call.
+ *
+ * Shape (cffi API mode): functions return 0 or -1 with errno set, results go
+ * into caller-allocated structs, nothing here touches Python objects.  Parsers
+ * take a buffer and its length and are pure, so tests feed them literal text.
+ * Exported names start with vmprobe_, internal ones with _vmprobe_.
+ */
+#ifndef VMPROBE_H
+#define VMPROBE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifndef VMPROBE_VERSION
+#error "VMPROBE_VERSION must be defined by the build (native/build_ffi.py)"
+#endif
+
+/* cdef-begin: everything from here to cdef-end is also handed to cffi. */
+
+const char *vmprobe_version(void);
+
+/* --- /proc/<pid>/stat, /proc/<pid>/status, /proc/<pid>/io ---------------- */
+
+/* Counters of one process; proc(5) field numbers in brackets. */
+struct vmprobe_stat {
+    char state;             /* [3]  R S D Z X ... */
+    uint32_t flags;         /* [9]  PF_* task flags (PF_KTHREAD = 0x00200000) */
+    uint64_t utime;         /* [14] clock ticks, includes guest time */
+    uint64_t stime;         /* [15] clock ticks */
+    int64_t num_threads;    /* [20] */
+    uint64_t starttime;     /* [22] clock ticks after boot */
+    uint64_t rss_pages;     /* [24] pages, = VmRSS */
+    uint64_t guest_time;    /* [43] clock ticks */
+    int has_guest_time;     /* field 43 exists (since Linux 2.6.24) */
+    char comm[64];          /* [2]  without the parentheses, NUL-terminated */
+};
+
+struct vmprobe_status {
+    uint64_t vm_rss_kb;     /* VmRSS */
+    uint64_t hugetlb_kb;    /* HugetlbPages (Linux 4.4+); not part of VmRSS */
+    int has_vm_rss;
+    int has_hugetlb;
+};
+
+struct vmprobe_io {
+    uint64_t rchar, wchar, syscr, syscw;  /* all syscalls, tap and eventfd too */
+    uint64_t read_bytes, write_bytes;     /* storage layer */
+    uint64_t cancelled_write_bytes;
+    int has_storage;                      /* read_bytes/write_bytes present */
+};
+
+struct vmprobe_schedstat {
+    uint64_t run_ns;        /* sum_exec_runtime */
+    uint64_t wait_ns;       /* run_delay: runnable, not running (KVM steal) */
+    uint64_t timeslices;
+};
+
+int vmprobe_parse_stat(const char *buf, size_t len, struct vmprobe_stat *out);
+int vmprobe_parse_status(const char *buf, size_t len, struct vmprobe_status *out);
+int vmprobe_parse_io(const char *buf, size_t len, struct vmprobe_io *out);
+int vmprobe_parse_schedstat(const char *buf, size_t len,
+                            struct vmprobe_schedstat *out);
+int vmprobe_parse_u64(const char *buf, size_t len, uint64_t *out);
+
+/* --- one VM: cached fds, re-read with pread -------------------------------- */
+
+/* Host view of a network interface: sysfs statistics/ in this order. */
+#define VMPROBE_NIC_COUNTERS 8
+struct vmprobe_nic {
+    uint64_t rx_bytes, rx_packets, rx_errors, rx_dropped;
+    uint64_t tx_bytes, tx_packets, tx_errors, tx_dropped;
+    int err;                /* 0, or the errno that kept it from being read */
+};
+
+struct vmprobe_disk {
+    uint64_t size_bytes;    /* st_size (regular file) */
+    uint64_t alloc_bytes;   /* st_blocks * 512 */
+    uint64_t rd_ios, rd_sectors, wr_ios, wr_sectors;  /* block device only */
+    int has_blk;            /* the four above were read */
+    int err;
+};
+
+struct vmprobe_u64 {
+    uint64_t value;
+    int err;
+};
+
+struct vmprobe_thread {
+    struct vmprobe_schedstat sched;
+    int err;
+};
+
+/* What to open for one VM.  Paths are absolute (the caller applies roots). */
+struct vmprobe_vm_spec {
+    const char *proc_dir;             /* "<procfs>/<pid>" */
+    const char *const *sched_paths;   /* vCPU and vhost schedstat files */
+    int n_sched;
+    const char *const *nic_dirs;      /* "<sysfs>/class/net/<tap>/statistics" */
+    int n_nics;
+    const char *const *disk_links;    /* "<procfs>/<pid>/fd/<n>" */
+    const uint64_t *disk_dev;         /* st_dev and st_ino seen at discovery */
+    const uint64_t *disk_ino;
+    const char *const *disk_blk_stats;/* "<sysfs>/dev/block/M:m/stat" or NULL */
+    int n_disks;
+    const char *const *u64_paths;     /* one decimal u64 each (debugfs kvm) */
+    int n_u64;
+};
+
+/* Everything one read fills in; arrays sized as in the spec. */
+struct vmprobe_reading {
+    struct vmprobe_stat stat;
+    struct vmprobe_status status;
+    struct vmprobe_io io;
+    int status_err, io_err;
+    struct vmprobe_thread *threads;
+    struct vmprobe_nic *nics;
+    struct vmprobe_disk *disks;
+    struct vmprobe_u64 *u64s;
+};
+
+struct vmprobe_vm;
+
+/* Opens the process files; -1 and errno (ENOENT/ESRCH: the process is gone).
+ * Item files that cannot be opened are reported per item by each read. */
+struct vmprobe_vm *vmprobe_vm_open(const struct vmprobe_vm_spec *spec);
+
+/* Re-reads everything with pread.  -1 with errno ESRCH when the process has
+ * exited (gone or a zombie); per-item failures are in each item's err. */
+int vmprobe_vm_read(struct vmprobe_vm *vm, struct vmprobe_reading *out);
+
+void vmprobe_vm_close(struct vmprobe_vm *vm);
+
+/* cdef-end */
+
+/* --- internal helpers shared between the C files (not in the cdef) -------- */
+
+/* Parses the decimal digits in [s, e) into *out; -1/EINVAL on anything else
+ * or on overflow. */
+int _vmprobe_u64(const char *s, const char *e, uint64_t *out);
+
+/* pread(fd, buf, cap - 1, 0) and NUL-terminates; returns the length or -1. */
+ssize_t _vmprobe_pread_text(int fd, char *buf, size_t cap);
+
+/* open(path, O_RDONLY | O_CLOEXEC); returns the fd or -errno. */
+int _vmprobe_open_ro(const char *path);
+
+#endif /* VMPROBE_H */
