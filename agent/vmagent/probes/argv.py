@@ -212,8 +212,18 @@ def firecracker_id(argv: list[str]) -> str | None:
     return None
 
 
+_VCPU_THREAD = re.compile(
+    r"CPU (\d+)/(?:KVM|TCG|HVF|WHPX|NVMM)"  # QEMU, with debug-threads=on
+    r"|fc_vcpu (\d+)"  # Firecracker (src/vmm/src/vstate/vcpu)
+    r"|vcpu(\d+)")  # cloud-hypervisor (vmm/src/cpu.rs)
+
+
 def vcpu_index(thread_name: str) -> int | None:
-    """QEMU's CPU index from a vCPU thread name (``CPU 3/KVM``, ``CPU 0/TCG``;
-    qemu/qemu:accel/kvm/kvm-accel-ops.c, accel/tcg/tcg-accel-ops-mttcg.c)."""
-    m = re.fullmatch(r"CPU (\d+)/(KVM|TCG|HVF|WHPX|NVMM)", thread_name.strip())
-    return int(m.group(1)) if m else None
+    """The vCPU index from a vCPU thread's name: QEMU's ``CPU 3/KVM`` or
+    ``CPU 0/TCG`` (qemu/qemu:accel/kvm/kvm-accel-ops.c, accel/tcg/
+    tcg-accel-ops-mttcg.c), Firecracker's ``fc_vcpu 0``, cloud-hypervisor's
+    ``vcpu0``."""
+    m = _VCPU_THREAD.fullmatch(thread_name.strip())
+    if m is None:
+        return None
+    return int(next(g for g in m.groups() if g is not None))

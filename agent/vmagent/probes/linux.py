@@ -389,7 +389,13 @@ class Prober:
                     continue
                 cpu["vcpus"].append({"id": t.id, "run_ns": th.sched.run_ns,
                                      "wait_ns": th.sched.wait_ns})
-        mem = {"rss_bytes": st.rss_pages * PAGE_SIZE}
+        # VmRSS, not stat's rss field: task_mem() sums the per-CPU mm
+        # counters exactly, stat reads them approximately (seen here: a few
+        # pages apart for a stopped process on 6.18).
+        if r.status_err == 0 and r.status.has_vm_rss:
+            mem = {"rss_bytes": r.status.vm_rss_kb * 1024}
+        else:
+            mem = {"rss_bytes": st.rss_pages * PAGE_SIZE}
         if vm.alloc_bytes is not None:
             mem["alloc_bytes"] = vm.alloc_bytes
         if r.status_err == 0 and r.status.has_hugetlb:

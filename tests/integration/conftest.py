@@ -1,0 +1,63 @@
+"""Fixtures that start real guests and always clean up after them."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from integration.guests import Guest, delete_tap, make_tap
+from vmagent.probes import VM, Prober
+
+HOST_ID = "test-host-7"
+
+
+@pytest.fixture
+def taps() -> Iterator[Callable[[int], list[str]]]:
+    """``taps(n)``: n new taps, IPv6 off, removed after the test."""
+    made: list[str] = []
+
+    def make(n: int) -> list[str]:
+        names = [make_tap(f"vmt{os.getpid() % 100000}x{len(made) + i}")
+                 for i in range(n)]
+        made.extend(names)
+        return names
+
+    yield make
+    for name in made:
+        delete_tap(name)
+
+
+@pytest.fixture
+def guests(tmp_path) -> Iterator[Callable[..., Guest]]:
+    """``guests(name=..., ...)``: a started Guest, killed after the test."""
+    started: list[Guest] = []
+
+    def start(**kwargs: object) -> Guest:
+        g = Guest(workdir=tmp_path, **kwargs).start()
+        started.append(g)
+        return g
+
+    yield start
+    for g in started:
+        g.kill()
+
+
+@pytest.fixture
+def prober() -> Iterator[Prober]:
+    with Prober(HOST_ID) as p:
+        yield p
+
+
+def wait_for_vm(prober: Prober, pid: int, timeout: float = 30.0) -> VM:
+    """Discover until the VM with ``pid`` is metered with all its vCPUs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        prober.discover()
+        vm = next((v for v in prober.vms() if v.pid == pid), None)
+        if vm is not None and vm.complete:
+            return vm
+        time.sleep(0.05)
+    raise TimeoutError(f"VM pid {pid} not found complete in {timeout}s")
