@@ -23,7 +23,7 @@ def load_or_create_host_id(state_dir: Path) -> str:
     path = state_dir / HOST_ID_FILE
     try:
         text = path.read_text().strip()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         text = ""
     except OSError as err:
         raise StateError(f"cannot read host id {path}: {err.strerror}") from err

@@ -17,6 +17,7 @@ from integration.guests import (
     tap_counters,
 )
 from vmagent.identity import derived_vm_uuid
+from vmagent.probes import Prober
 
 pytestmark = pytest.mark.realguest
 
@@ -212,3 +213,26 @@ def test_unnamed_vcpu_threads_fall_back_to_debugfs(prober, guests):
         assert int(Path(pid_file).read_text()) == t.tid
     s = sample_of(prober, g.pid)
     assert [v["id"] for v in s["cpu"]["vcpus"]] == [0, 1]
+
+
+def test_vms_command_shows_the_real_guest(guests, taps, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    g = guests(name="cli-guest", uuid=new_uuid(), taps=taps(1))
+    cfg = tmp_path / "vmagent.toml"
+    cfg.write_text(f'[agent]\nstate_dir = "{tmp_path / "state"}"\n')
+    with Prober(HOST_ID) as p:
+        wait_for_vm(p, g.pid)  # started and complete
+    cmd = [sys.executable, "-m", "vmagent.cli", "vms", "-c", str(cfg)]
+    out = subprocess.run([*cmd, "--json"], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    [mine] = [v for v in json.loads(out) if v["pid"] == g.pid]
+    assert mine["vm"]["uuid"] == g.uuid
+    assert [n["name"] for n in mine["nics"]] == g.taps
+    assert len(mine["cpu"]["vcpus"]) == 2
+    table = subprocess.run(cmd, capture_output=True, text=True, check=True,
+                           timeout=60).stdout
+    [line] = [ln for ln in table.splitlines() if g.uuid in ln]
+    assert line.split()[:4] == ["cli-guest", g.uuid, str(g.pid), "2"]
