@@ -31,3 +31,22 @@ def pytest_collection_modifyitems(config, items):  # noqa: ARG001
     for item in items:
         if "realguest" in item.keywords:
             item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001
+    """Say how many real-guest tests ran and skipped; with
+    VMAGENT_REALGUEST_REPORT set, also write the counts there (.ci/run)."""
+    counts = {"ran": 0, "skipped": 0}
+    for status in ("passed", "failed", "error", "skipped"):
+        for rep in terminalreporter.stats.get(status, []):
+            if "realguest" not in getattr(rep, "keywords", {}):
+                continue
+            if rep.when == "call" or status in ("skipped", "error"):
+                counts["skipped" if status == "skipped" else "ran"] += 1
+    terminalreporter.write_line(
+        f"real-guest tests: {counts['ran']} ran, {counts['skipped']} skipped"
+        + (f" ({real_guest_skip_reason()})" if counts["skipped"] else ""))
+    out = os.environ.get("VMAGENT_REALGUEST_REPORT")
+    if out:
+        with open(out, "w") as f:
+            f.write(f"{counts['ran']} {counts['skipped']}\n")
