@@ -52,7 +52,7 @@ ffibuilder.set_source(
     '#include "vmprobe.h"',
     sources=_sources(),
     include_dirs=[os.path.relpath(HERE, ROOT)],
-    define_macros=[("VMPROBE_VERSION", '"%s"' % _version())],
+    define_macros=[("VMPROBE_VERSION", f'"{_version()}"')],
     extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-Wextra"],
 )
 

@@ -114,10 +114,24 @@ class Guest:
         if reap:
             self.proc.wait(timeout=30)
             self.proc = None
+            return
+        deadline = time.monotonic() + 30  # SIGKILL lands asynchronously
+        while _state(self.pid) not in ("Z", "X", None):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"pid {self.pid} survived SIGKILL")
+            time.sleep(0.01)
 
     def frozen(self) -> _Frozen:
         """Context: the whole process stopped (SIGSTOP), so /proc is still."""
         return _Frozen(self.pid)
+
+
+def _state(pid: int | str) -> str | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    return text.rsplit(")", 1)[1].split()[0]
 
 
 class _Frozen:
@@ -128,8 +142,7 @@ class _Frozen:
         os.kill(self.pid, signal.SIGSTOP)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # wait until every thread stopped
-            states = {Path(f"/proc/{self.pid}/task/{t}/stat").read_text()
-                      .rsplit(")", 1)[1].split()[0]
+            states = {_state(f"{self.pid}/task/{t}")
                       for t in os.listdir(f"/proc/{self.pid}/task")}
             if states <= {"T", "t"}:
                 return

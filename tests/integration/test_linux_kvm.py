@@ -49,7 +49,8 @@ def two_guests(guests, taps, tmp_path):
     g1 = guests(name="alpha", uuid=new_uuid(), taps=taps(2),
                 disks=[raw_image(tmp_path / "alpha.img", 64 * MIB)])
     g2 = guests(name="beta", uuid=new_uuid(),
-                disks=[qcow2_image(tmp_path / "beta.qcow2", 3 << 30)])
+                disks=[raw_image(tmp_path / "beta.img", 32 * MIB),
+                       qcow2_image(tmp_path / "beta.qcow2", 3 << 30)])
     return g1, g2
 
 
@@ -141,14 +142,18 @@ def test_disks_listed_with_capacity_and_allocation(prober, two_guests,
     assert d1 == [{"path": str(tmp_path / "alpha.img"),
                    "capacity_bytes": 64 * MIB,
                    "allocated_bytes": os.stat(g1.disks[0]).st_blocks * 512}]
-    d2 = sample_of(prober, g2.pid)["disks"]
-    assert [d["path"] for d in d2] == [str(tmp_path / "beta.qcow2")]
-    assert d2[0]["capacity_bytes"] == 3 << 30  # the virtual size
-    assert d2[0]["allocated_bytes"] == os.stat(g2.disks[0]).st_blocks * 512
+    d2 = {d["path"]: d for d in sample_of(prober, g2.pid)["disks"]}
+    assert sorted(d2) == sorted(str(p) for p in g2.disks)
+    assert d2[str(tmp_path / "beta.img")]["capacity_bytes"] == 32 * MIB
+    qcow2 = d2[str(tmp_path / "beta.qcow2")]
+    assert qcow2["capacity_bytes"] == 3 << 30  # the virtual size
+    for path in g2.disks:
+        assert d2[str(path)]["allocated_bytes"] == \
+            os.stat(path).st_blocks * 512
 
 
 def test_killed_vm_is_gone_and_the_other_still_sampled(prober, two_guests):
-    g1, g2 = two_guests
+    _, g2 = two_guests
     for g in two_guests:
         wait_for_vm(prober, g.pid)
     g2.kill(reap=False)  # a zombie until reaped: already gone for billing

@@ -49,7 +49,8 @@ def test_vhost_kernel_threads_outside_the_process_are_vhost_ns(host):
     host.kthread(301, "vhost-200", 222_000)
     host.kthread(302, "vhost-999", 1)  # another process's worker
     with prober_for(host) as p:
-        [vm] = p.discover()
+        p.discover()
+        assert [vm.vhost_pids for vm in p.vms()] == [(300, 301)]
         _, s = only_sample(p)
     assert s["cpu"]["vhost_ns"] == 333_000
     assert s["cpu"]["vcpus"] == [{"id": 0, "run_ns": 201_000, "wait_ns": 201}]

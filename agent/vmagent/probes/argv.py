@@ -185,9 +185,9 @@ def parse_qemu_argv(argv: list[str]) -> QemuArgs:
         i += 1
     for dev in nic_devices:
         mac = canonical_mac(dev["mac"])
-        nd = netdevs.get(dev["netdev"])
-        if mac and nd is not None:
-            _note_tap(out, nd, mac)
+        tap = netdevs.get(dev["netdev"])
+        if mac and tap is not None:
+            _note_tap(out, tap, mac)
     return out
 
 

@@ -12,6 +12,7 @@ import os
 import re
 import stat as stat_mod
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -128,7 +129,7 @@ class Prober:
                     sweep.gone.append(m.vm)
                     continue
                 sweep.samples.append((m.vm, self._record(m)))
-            except Exception as err:  # noqa: BLE001 - one VM never stops a sweep
+            except Exception as err:  # one VM never stops a sweep
                 sweep.failed.append((m.vm, f"{type(err).__name__}: {err}"))
         return sweep
 
@@ -321,7 +322,7 @@ class Prober:
             keep.append(ffi.new(ctype, init))
             return keep[-1]
 
-        def strings(items: list[str | None]) -> Any:
+        def strings(items: Sequence[str | None]) -> Any:
             return owned("char *[]", [
                 owned("char[]", s.encode("utf-8", "surrogateescape"))
                 if s is not None else ffi.NULL for s in items] or [ffi.NULL])
@@ -440,7 +441,7 @@ class Prober:
             if d.err:
                 m.stale = True
                 continue
-            rec = {"path": disk.path}
+            rec: dict[str, Any] = {"path": disk.path}
             if disk.block_device is None:
                 rec["capacity_bytes"] = disk.capacity_bytes \
                     if disk.capacity_bytes is not None else d.size_bytes
