@@ -18,6 +18,7 @@
 #define TEXT_MAX 8192 /* /proc/<pid>/status is ~1.5 KiB on 6.x */
 #define SMALL_MAX 128
 #define NO_FD INT_MIN /* an item that has no such file (not an error) */
+#define REOPEN (INT_MIN + 1) /* a file that cannot pread: open it each time */
 
 struct vmprobe_vm {
     int stat_fd, status_fd, io_fd;
@@ -27,7 +28,8 @@ struct vmprobe_vm {
     char **disk_link;
     uint64_t *disk_dev, *disk_ino;
     int *blk_fd;              /* NO_FD where there is no block device */
-    int *u64_fd;
+    int *u64_fd;              /* REOPEN: see read_u64_item */
+    char **u64_path;
 };
 
 /* sysfs statistics/ file names, in struct vmprobe_nic field order. */
@@ -70,6 +72,9 @@ void vmprobe_vm_close(struct vmprobe_vm *vm)
     close_all(vm->u64_fd, vm->n_u64);
     for (i = 0; vm->disk_link != NULL && i < vm->n_disks; i++)
         free(vm->disk_link[i]);
+    for (i = 0; vm->u64_path != NULL && i < vm->n_u64; i++)
+        free(vm->u64_path[i]);
+    free(vm->u64_path);
     free(vm->sched_fd);
     free(vm->nic_fd);
     free(vm->disk_link);
@@ -102,9 +107,13 @@ static int open_items(struct vmprobe_vm *vm, const struct vmprobe_vm_spec *s)
     vm->disk_link = calloc(nd, sizeof(char *));
     vm->disk_dev = calloc(nd, sizeof(uint64_t));
     vm->disk_ino = calloc(nd, sizeof(uint64_t));
+    vm->u64_path = calloc((size_t)s->n_u64 + 1, sizeof(char *));
     if (!vm->sched_fd || !vm->u64_fd || !vm->blk_fd || !vm->nic_fd ||
-        !vm->disk_link || !vm->disk_dev || !vm->disk_ino)
+        !vm->disk_link || !vm->disk_dev || !vm->disk_ino || !vm->u64_path)
         return -1;
+    for (i = 0; i < s->n_u64; i++)
+        if ((vm->u64_path[i] = strdup(s->u64_paths[i])) == NULL)
+            return -1;
     for (i = 0; i < s->n_nics; i++)
         for (k = 0; k < VMPROBE_NIC_COUNTERS; k++)
             vm->nic_fd[i * VMPROBE_NIC_COUNTERS + k] =
@@ -166,6 +175,34 @@ static int read_u64(int fd, uint64_t *out)
     ssize_t n;
     int err = read_text(fd, buf, sizeof(buf), &n);
 
+    if (err == 0 && vmprobe_parse_u64(buf, (size_t)n, out) < 0)
+        err = errno;
+    return err;
+}
+
+/* debugfs KVM stat files are nonseekable (pread gives ESPIPE), so such a
+ * file is opened, read and closed on every sweep instead. */
+static int read_u64_item(struct vmprobe_vm *vm, int i, uint64_t *out)
+{
+    char buf[SMALL_MAX];
+    ssize_t n;
+    int err, fd;
+
+    if (vm->u64_fd[i] != REOPEN) {
+        err = read_u64(vm->u64_fd[i], out);
+        if (err != ESPIPE)
+            return err;
+        close(vm->u64_fd[i]);
+        vm->u64_fd[i] = REOPEN;
+    }
+    fd = _vmprobe_open_ro(vm->u64_path[i]);
+    if (fd < 0)
+        return -fd;
+    do {
+        n = read(fd, buf, sizeof(buf) - 1);
+    } while (n < 0 && errno == EINTR);
+    err = n < 0 ? errno : 0;
+    close(fd);
     if (err == 0 && vmprobe_parse_u64(buf, (size_t)n, out) < 0)
         err = errno;
     return err;
@@ -274,6 +311,6 @@ int vmprobe_vm_read(struct vmprobe_vm *vm, struct vmprobe_reading *out)
     for (i = 0; i < vm->n_disks; i++)
         read_disk(vm, i, &out->disks[i]);
     for (i = 0; i < vm->n_u64; i++)
-        out->u64s[i].err = read_u64(vm->u64_fd[i], &out->u64s[i].value);
+        out->u64s[i].err = read_u64_item(vm, i, &out->u64s[i].value);
     return 0;
 }

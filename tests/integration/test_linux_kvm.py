@@ -75,6 +75,8 @@ def test_counters_equal_procfs_read_independently(prober, two_guests):
         io = dict(line.split(": ") for line in
                   Path(f"/proc/{g1.pid}/io").read_text().splitlines())
         runs = {t.id: schedstat(g1.pid, t.tid) for t in vm.vcpu_threads}
+        kvm = {name: int(Path(path).read_text()) for name, path in
+               vm.kvm_stats}
         s = sample_of(prober, g1.pid)
     cpu = s["cpu"]
     assert cpu["user_ns"] == int(f[14]) * TICK_NS
@@ -92,6 +94,9 @@ def test_counters_equal_procfs_read_independently(prober, two_guests):
     assert s["mem"]["hugetlb_bytes"] == 0
     assert s["io"] == {"rd_bytes": int(io["read_bytes"]),
                        "wr_bytes": int(io["write_bytes"])}
+    assert s.get("kvm", {}) == kvm
+    if os.path.isdir("/sys/kernel/debug/kvm"):  # pages_* are readable here
+        assert {"pages_4k", "pages_2m", "pages_1g"} <= set(kvm)
 
 
 def test_cpu_counters_never_go_backwards_within_a_gen(prober, two_guests):
