@@ -393,17 +393,18 @@ class Prober:
         # VmRSS, not stat's rss field: task_mem() sums the per-CPU mm
         # counters exactly, stat reads them approximately (seen here: a few
         # pages apart for a stopped process on 6.18).
-        if r.status_err == 0 and r.status.has_vm_rss:
-            mem = {"rss_bytes": r.status.vm_rss_kb * 1024}
+        status = r.status if r.status_err == 0 else None
+        if status is not None and status.has_vm_rss:
+            mem = {"rss_bytes": status.vm_rss_kb * 1024}
         else:
             mem = {"rss_bytes": st.rss_pages * PAGE_SIZE}
         if vm.alloc_bytes is not None:
             mem["alloc_bytes"] = vm.alloc_bytes
-        if r.status_err == 0 and r.status.has_hugetlb:
-            mem["hugetlb_bytes"] = r.status.hugetlb_kb * 1024
+        if status is not None and status.has_hugetlb:
+            mem["hugetlb_bytes"] = status.hugetlb_kb * 1024
         io = {}
-        if r.io_err == 0 and r.io.has_storage:
-            io = {"rd_bytes": r.io.read_bytes, "wr_bytes": r.io.write_bytes}
+        if r.io_err == 0 and (pio := r.io).has_storage:
+            io = {"rd_bytes": pio.read_bytes, "wr_bytes": pio.write_bytes}
         out: Sample = {"vm": vm.ref.as_record(), "cpu": cpu, "mem": mem,
                        "nics": self._nic_records(m), "io": io,
                        "disks": self._disk_records(m)}
