@@ -10,12 +10,13 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from vmagent import config as config_mod
 from vmagent import log
 from vmagent._version import __version__
-from vmagent.errors import ConfigError, VmagentError
+from vmagent.errors import ConfigError, StateError, VmagentError
 from vmagent.identity import load_or_create_host_id
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_CONFIG = 1, 2, 78
@@ -42,6 +43,30 @@ def _parser() -> argparse.ArgumentParser:
     vms.set_defaults(func=cmd_vms)
     check = command("check-config", "validate the configuration and exit")
     check.set_defaults(func=cmd_check_config)
+
+    key = sub.add_parser("key", help="the host's signing key")
+    key_sub = key.add_subparsers(dest="key_command", metavar="ACTION",
+                                 required=True)
+    show = key_sub.add_parser(
+        "show", help="print the public key in hex (generated if missing)")
+    show.add_argument("-c", "--config", metavar="FILE")
+    show.set_defaults(func=cmd_key_show)
+
+    wal = sub.add_parser("wal", help="inspect a write-ahead log directory")
+    wal_sub = wal.add_subparsers(dest="wal_command", metavar="ACTION",
+                                 required=True)
+    verify = wal_sub.add_parser(
+        "verify", help="check checksums, seqs, chain and signatures")
+    verify.add_argument("dir", metavar="DIR")
+    verify.add_argument("--pubkey", metavar="F",
+                        help="public key, raw or hex (default: host.pub in "
+                             "DIR's parent, the state dir)")
+    verify.set_defaults(func=cmd_wal_verify)
+    dump = wal_sub.add_parser("dump", help="print the records")
+    dump.add_argument("dir", metavar="DIR")
+    dump.add_argument("--json", action="store_true",
+                      help="one JSON object per line")
+    dump.set_defaults(func=cmd_wal_dump)
     return p
 
 
@@ -65,6 +90,56 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
     print(f"{cfg.source}: OK")
     return 0
+
+
+def cmd_key_show(args: argparse.Namespace) -> int:
+    from vmagent.keys import HostKey
+
+    cfg = config_mod.load(args.config)
+    print(HostKey.load_or_create(cfg.agent.state_dir).public.hex())
+    return 0
+
+
+def _wal_dir(arg: str) -> Path:
+    path = Path(arg)
+    if not path.is_dir():
+        raise StateError(f"{path}: not a directory")
+    return path
+
+
+def cmd_wal_verify(args: argparse.Namespace) -> int:
+    from vmagent.keys import PUBLIC_FILE, load_public_key
+    from vmagent.wal.verify import verify
+
+    directory = _wal_dir(args.dir)
+    key_path = Path(args.pubkey) if args.pubkey else \
+        directory.resolve().parent / PUBLIC_FILE
+    report = verify(directory, load_public_key(key_path))
+    for p in report.problems:
+        print(f"{'explained' if p.explained else 'PROBLEM'}: {p}")
+    bad = sum(not p.explained for p in report.problems)
+    print(f"{directory}: {report.frames} frames, {report.records} records: "
+          + ("OK" if report.ok else f"{bad} unexplained problems"))
+    return 0 if report.ok else EXIT_FAILURE
+
+
+def cmd_wal_dump(args: argparse.Namespace) -> int:
+    from vmagent.wal.verify import served_records
+
+    for rec in served_records(_wal_dir(args.dir)):
+        if args.json:
+            print(json.dumps(rec, default=_json_bytes))
+        else:
+            rest = {k: v for k, v in rec.items() if k not in ("seq", "kind")}
+            print(rec.get("seq"), rec.get("kind"),
+                  json.dumps(rest, default=_json_bytes))
+    return 0
+
+
+def _json_bytes(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(f"cannot show {type(value).__name__}")
 
 
 def cmd_vms(args: argparse.Namespace) -> int:

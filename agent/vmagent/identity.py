@@ -7,6 +7,7 @@ import uuid
 from pathlib import Path
 
 from vmagent.errors import StateError
+from vmagent.fsutil import write_atomically
 
 #: Namespace of derived VM UUIDs: uuid5(VM_UUID_NAMESPACE, "<host>/<name>").
 VM_UUID_NAMESPACE = uuid.UUID("c5308b77-054b-404b-8e6c-19c56cfd0bd0")
@@ -38,24 +39,6 @@ def load_or_create_host_id(state_dir: Path) -> str:
             f"cannot keep a host id in {state_dir}: {err.strerror}; "
             "set [agent] host_id or make the state dir writable") from err
     return host_id
-
-
-def write_atomically(path: Path, text: str, mode: int = 0o644) -> None:
-    """tmp, fsync, rename, fsync dir: the file is old or new after a crash."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
-                 mode)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def read_boot_id(procfs: str = "/proc") -> str:

@@ -1,0 +1,344 @@
+"""The write-ahead log: recovery at open, one durable frame per commit,
+readers of durable frames, consumer acks and deletion below them.
+
+Guarantees (docs/wal.md): a commit counts only after its fdatasync; seqs are
+contiguous from 1 and never reused; every loss is a signed ``gap`` record;
+while the cap or a full disk stops writes, the latest sample of each VM gen
+is kept and written later as one ``coalesced`` record.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from vmagent.keys import HostKey
+from vmagent.log import get_logger
+from vmagent.wal import format as fmt
+from vmagent.wal.coalesce import Coalescer
+from vmagent.wal.cursors import CursorError, Cursors
+from vmagent.wal.fileops import FileOps
+from vmagent.wal.scan import Damage, Scan, scan
+
+Record = dict[str, Any]
+SEGMENT_BYTES = 16 << 20
+
+
+@dataclass
+class _Segment:
+    path: Path
+    first_seq: int
+    size: int
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A durable, served frame: where to read it."""
+
+    first_seq: int
+    last_seq: int
+    segment: Path
+    offset: int
+    size: int
+
+
+class Wal:
+    """One WAL directory, opened (and recovered) by the constructor."""
+
+    def __init__(self, directory: Path, *, host: str, key: HostKey,
+                 consumers: Sequence[str] = (), max_bytes: int = 1 << 30,
+                 segment_bytes: int = SEGMENT_BYTES,
+                 ops: FileOps | None = None,
+                 clock: Callable[[], int] = time.time_ns) -> None:
+        self.dir = Path(directory)
+        self.host, self.key = host, key
+        self.max_bytes, self.segment_bytes = max_bytes, segment_bytes
+        self.ops = ops or FileOps()
+        self.clock = clock
+        self.log = get_logger(wal=str(self.dir), host=host)
+        self.coalescer = Coalescer()
+        self.pending_gaps: list[Record] = []
+        self.quarantined = 0
+        self._segments: list[_Segment] = []
+        self._index: list[_Entry] = []
+        self._firsts: list[int] = []
+        self._fd: int | None = None  # the active (last) segment, for append
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._recover(list(consumers))
+
+    # --- recovery ---------------------------------------------------------
+
+    def _recover(self, consumers: list[str]) -> None:
+        found = scan(self.dir, self.ops)
+        sizes = self._repair(found)
+        self.wal_id = found.wal_id or os.urandom(16)
+        self.next_seq = found.next_seq if found.wal_id else 1
+        self.last_hash = found.last_hash if found.wal_id else fmt.ZERO_HASH
+        self._segments = [_Segment(s.path, s.header.first_seq, sizes[s.path])
+                          for s in found.segments if s.header is not None]
+        for ref in found.served:
+            self._add_entry(_Entry(ref.first_seq, ref.last_seq, ref.segment,
+                                   ref.offset, ref.size))
+        for hole in found.holes:
+            if not hole.covered:
+                self._gap(hole.from_seq, hole.to_seq, hole.reason)
+        self.cursors = Cursors(self.dir / "cursors", self.wal_id, consumers,
+                               self.ops)
+        try:
+            if self._segments:
+                self._fd = self.ops.open_append(self._segments[-1].path)
+            else:
+                self._new_segment()  # the WAL id is on disk from the start
+        except OSError as err:
+            self.log.error("wal_segment_unavailable", error=err.strerror)
+        self.log.info("wal_opened", wal_id=self.wal_id.hex(),
+                      segments=len(self._segments), next_seq=self.next_seq,
+                      served_frames=len(self._index),
+                      gaps_to_write=len(self.pending_gaps))
+        if self.pending_gaps:
+            self.commit([])  # make the losses durable and explicit now
+        self._delete_acked()
+
+    def _repair(self, found: Scan) -> dict[Path, int]:
+        """Quarantine damaged bytes and truncate damaged tails; returns the
+        size of every segment left."""
+        sizes = {s.path: s.size for s in found.segments}
+        last = found.segments[-1] if found.segments else None
+        for d in found.damages:
+            seg = next(s for s in found.segments if s.path == d.segment)
+            at_tail = d.offset >= seg.valid_end
+            torn = d.explained and seg is last and at_tail and \
+                not d.whole_frame
+            if not torn:
+                self._quarantine(d)
+            if seg.header is None:
+                self.ops.unlink(seg.path)
+                self.ops.fsync_dir(self.dir)
+                sizes.pop(seg.path, None)
+            elif at_tail:
+                self.ops.truncate(seg.path, seg.valid_end)
+                sizes[seg.path] = seg.valid_end
+                self.log.warning("wal_tail_truncated", segment=seg.path.name,
+                                 offset=seg.valid_end, reason=d.reason)
+        return sizes
+
+    def _quarantine(self, d: Damage) -> None:
+        qdir = self.dir / "quarantine"
+        qdir.mkdir(exist_ok=True, mode=0o700)
+        dst = qdir / f"{d.segment.name}.{d.offset}.{self.clock()}"
+        self.ops.copy(d.segment, dst)
+        self.ops.fsync_dir(qdir)
+        self.quarantined += 1
+        self.log.error("wal_damage_quarantined", segment=d.segment.name,
+                       offset=d.offset, end=d.end, reason=d.reason,
+                       copy=str(dst))
+
+    def _gap(self, first: int, last: int, reason: str) -> None:
+        self.pending_gaps.append({"kind": "gap", "t": self.clock(),
+                                  "host": self.host, "from_seq": first,
+                                  "to_seq": last, "reason": reason})
+        self.log.error("wal_gap", from_seq=first, to_seq=last, reason=reason)
+
+    # --- writing ----------------------------------------------------------
+
+    def commit(self, records: list[Record]) -> tuple[int, int] | None:
+        """Write one sweep's records as one frame and fdatasync it.
+
+        Returns the (first, last) seq once durable, or None when the records
+        were kept in memory instead (cap, full disk or I/O error)."""
+        carried = list(self.pending_gaps)
+        if self.coalescer:
+            carried += self.coalescer.records(self.host, self.clock())
+        todo = carried + records
+        if not todo:
+            return None
+        first = self.next_seq
+        recs = [{**r, "seq": first + i} for i, r in enumerate(todo)]
+        last = first + len(recs) - 1
+        body = b"".join(msgpack.packb(r) for r in recs)
+        frame = self._frame(first, last, body, bool(self.pending_gaps))
+        data = fmt.encode_frame(frame)
+        self._delete_acked()
+        if self._bytes() + len(data) + fmt.SEGMENT_HEADER_SIZE > \
+                self.max_bytes:
+            return self._keep(records, "the WAL is at max_bytes")
+        try:
+            self._ensure_segment(len(data))
+            assert self._fd is not None
+            seg = self._segments[-1]
+            self.ops.write_all(self._fd, data)
+            self.ops.fdatasync(self._fd)
+        except OSError as err:
+            return self._write_failed(first, last, err, records)
+        self._add_entry(_Entry(first, last, seg.path, seg.size, len(data)))
+        seg.size += len(data)
+        self.next_seq, self.last_hash = last + 1, frame.hash
+        self.pending_gaps.clear()
+        if self.coalescer:
+            self.log.warning("wal_coalesced_written",
+                             sweeps=self.coalescer.sweeps,
+                             samples=len(self.coalescer.samples))
+            self.coalescer = Coalescer()
+        return first, last
+
+    def _frame(self, first: int, last: int, body: bytes,
+               has_gap: bool) -> fmt.Frame:
+        h = fmt.chain_hash(self.last_hash, body)
+        sig = self.key.sign(fmt.signed_bytes(self.host, self.wal_id, first,
+                                             last, h))
+        return fmt.Frame(first, last, body, self.last_hash, h,
+                         self.key.key_id, sig,
+                         fmt.FLAG_GAP if has_gap else 0)
+
+    def _keep(self, records: list[Record], why: str) -> None:
+        if not self.coalescer:
+            self.log.error("wal_coalescing", reason=why)
+        self.coalescer.add(records)
+        return None
+
+    def _write_failed(self, first: int, last: int, err: OSError,
+                      records: list[Record]) -> None:
+        """Never trust what the page cache holds after an error: drop the
+        segment, never reuse the seqs, say so in a gap record."""
+        self.log.error("wal_write_failed", first_seq=first, last_seq=last,
+                       error=err.strerror)
+        if self._fd is not None:
+            try:  # best effort: take the partial frame back out
+                self.ops.ftruncate(self._fd, self._segments[-1].size)
+                self.ops.fdatasync(self._fd)
+            except OSError:
+                pass
+            self.ops.close(self._fd)
+            self._fd = None
+        self.next_seq = last + 1
+        self._gap(first, last, f"write failed: {err.strerror}")
+        try:
+            self._new_segment()  # its header fixes next_seq on disk
+        except OSError:
+            pass  # tried again on the next commit
+        return self._keep(records, f"write failed: {err.strerror}")
+
+    def _ensure_segment(self, frame_size: int) -> None:
+        active = self._segments[-1] if self._segments else None
+        if active is None or self._fd is None or (
+                active.size + frame_size > self.segment_bytes
+                and active.size > fmt.SEGMENT_HEADER_SIZE):
+            self._new_segment()
+
+    def _new_segment(self) -> None:
+        if self._fd is not None:
+            self.ops.close(self._fd)
+            self._fd = None
+        path = self.dir / fmt.segment_name(self.next_seq)
+        header = fmt.pack_segment_header(fmt.SegmentHeader(
+            self.wal_id, self.next_seq, self.clock(), self.last_hash))
+        fd = self.ops.open_append(path)
+        try:
+            self.ops.ftruncate(fd, 0)
+            self.ops.write_all(fd, header)
+            self.ops.fdatasync(fd)
+            self.ops.fsync_dir(self.dir)
+        except OSError:
+            self.ops.close(fd)
+            try:
+                self.ops.unlink(path)
+            except OSError:
+                pass
+            raise
+        if self._segments and self._segments[-1].path == path:
+            self._segments.pop()  # an empty segment started again
+        self._segments.append(_Segment(path, self.next_seq, len(header)))
+        self._fd = fd
+
+    # --- reading ----------------------------------------------------------
+
+    def _add_entry(self, entry: _Entry) -> None:
+        self._index.append(entry)
+        self._firsts.append(entry.first_seq)
+
+    @property
+    def first_seq(self) -> int:
+        """The lowest seq still kept (``next_seq`` when nothing is)."""
+        return self._index[0].first_seq if self._index else self.next_seq
+
+    @property
+    def durable_seq(self) -> int:
+        """The last seq that is durable (0 when none is)."""
+        return self._index[-1].last_seq if self._index else 0
+
+    def frames(self, after: int, max_records: int = 1000,
+               max_bytes: int = 4 << 20) -> list[fmt.Frame]:
+        """Durable frames holding seqs after ``after``, whole, starting with
+        the one that holds ``after + 1``; at least one if there is any."""
+        i = max(bisect.bisect_right(self._firsts, after + 1) - 1, 0)
+        while i < len(self._index) and self._index[i].last_seq <= after:
+            i += 1
+        out: list[fmt.Frame] = []
+        n_records = n_bytes = 0
+        for entry in self._index[i:]:
+            if out and (n_records >= max_records or n_bytes >= max_bytes):
+                break
+            out.append(fmt.decode_frame(self.ops.pread(
+                entry.segment, entry.size, entry.offset)))
+            n_records += entry.last_seq - entry.first_seq + 1
+            n_bytes += entry.size
+        return out
+
+    # --- acks and deletion ------------------------------------------------
+
+    def ack(self, consumer: str, seq: int) -> int:
+        """Record that ``consumer`` holds everything up to ``seq`` durably;
+        returns its cursor (an older ack leaves it where it is)."""
+        if seq > self.durable_seq:
+            raise CursorError(f"seq {seq} is beyond the last durable seq "
+                              f"{self.durable_seq}")
+        if consumer not in self.cursors.acked:
+            raise CursorError(f"unknown consumer {consumer!r}")
+        if seq > self.cursors.acked[consumer]:
+            self.cursors.set(consumer, seq)
+            self._delete_acked()
+        return self.cursors.acked[consumer]
+
+    def _delete_acked(self) -> None:
+        """Unlink segments whose every seq all consumers have acked (never
+        the active one).  The cursors are durable first, so a crash between
+        here and there only leaves a segment that the next call deletes."""
+        if not self.cursors.acked:
+            return
+        floor = self.cursors.minimum()
+        while len(self._segments) > 1 and \
+                self._segments[1].first_seq - 1 <= floor:
+            seg = self._segments.pop(0)
+            self.ops.unlink(seg.path)
+            self.ops.fsync_dir(self.dir)
+            while self._index and self._index[0].segment == seg.path:
+                self._index.pop(0)
+                self._firsts.pop(0)
+            self.log.info("wal_segment_deleted", segment=seg.path.name)
+
+    def _bytes(self) -> int:
+        return sum(s.size for s in self._segments)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "wal_id": self.wal_id.hex(), "segments": len(self._segments),
+            "bytes": self._bytes(), "first_seq": self.first_seq,
+            "durable_seq": self.durable_seq, "next_seq": self.next_seq,
+            "coalescing": bool(self.coalescer),
+            "coalesced_sweeps": self.coalescer.sweeps,
+            "pending_gaps": len(self.pending_gaps),
+            "quarantined": self.quarantined,
+            "acked": dict(self.cursors.acked),
+        }
+
+    def close(self) -> None:
+        if self._fd is not None:
+            self.ops.close(self._fd)
+            self._fd = None
