@@ -24,27 +24,33 @@ def real_guest_skip_reason() -> str | None:
     return None
 
 
-def pytest_collection_modifyitems(config, items):  # noqa: ARG001
-    reason = real_guest_skip_reason()
-    if reason is None:
-        return
+REAL_MARKERS = ("realguest", "needsroot")
+
+
+def pytest_collection_modifyitems(config, items):
+    guest_reason = real_guest_skip_reason()
+    root_reason = None if os.geteuid() == 0 else "needs root"
     for item in items:
-        if "realguest" in item.keywords:
-            item.add_marker(pytest.mark.skip(reason=reason))
+        if "realguest" in item.keywords and guest_reason:
+            item.add_marker(pytest.mark.skip(reason=guest_reason))
+        elif "needsroot" in item.keywords and root_reason:
+            item.add_marker(pytest.mark.skip(reason=root_reason))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001
-    """Say how many real-guest tests ran and skipped; with
-    VMAGENT_REALGUEST_REPORT set, also write the counts there (.ci/run)."""
+    """Say how many real-kernel tests (real guests, or root for mounts and
+    namespaces) ran and skipped; with VMAGENT_REALGUEST_REPORT set, also
+    write the counts there (.ci/run)."""
     counts = {"ran": 0, "skipped": 0}
     for status in ("passed", "failed", "error", "skipped"):
         for rep in terminalreporter.stats.get(status, []):
-            if "realguest" not in getattr(rep, "keywords", {}):
+            words = getattr(rep, "keywords", {})
+            if not any(m in words for m in REAL_MARKERS):
                 continue
             if rep.when == "call" or status in ("skipped", "error"):
                 counts["skipped" if status == "skipped" else "ran"] += 1
     terminalreporter.write_line(
-        f"real-guest tests: {counts['ran']} ran, {counts['skipped']} skipped"
+        f"real-kernel tests: {counts['ran']} ran, {counts['skipped']} skipped"
         + (f" ({real_guest_skip_reason()})" if counts["skipped"] else ""))
     out = os.environ.get("VMAGENT_REALGUEST_REPORT")
     if out:

@@ -171,8 +171,12 @@ class Wal:
             return self._keep(records, "the WAL is at max_bytes")
         try:
             self._ensure_segment(len(data))
-            assert self._fd is not None
-            seg = self._segments[-1]
+        except OSError as err:  # nothing written: the seqs stay unused
+            return self._keep(records, f"cannot start a segment: "
+                                       f"{err.strerror}")
+        assert self._fd is not None
+        seg = self._segments[-1]
+        try:
             self.ops.write_all(self._fd, data)
             self.ops.fdatasync(self._fd)
         except OSError as err:
