@@ -18,7 +18,7 @@ reports it.  The rules, in seq order:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,7 @@ class Damage:
     reason: str
     seqs: tuple[int, int] | None  # from a frame header still readable there
     whole_frame: bool  # that header's frame is complete in length
+    torn: bool = False  # shaped like an interrupted write (see _torn)
     explained: bool | None = None  # None until attributed to a hole
 
     @property
@@ -165,7 +166,7 @@ def _scan_segment(index: int, path: Path, data: bytes,
             seqs, whole = _readable_header(data, off)
             result.damages.append(Damage(
                 path, index, off, nxt if nxt is not None else len(data),
-                str(err), seqs, whole))
+                str(err), seqs, whole, _torn(data, off, seqs, whole)))
             if nxt is None:
                 break
             off = nxt
@@ -202,12 +203,30 @@ def _next_frame(data: bytes, start: int) -> int | None:
 
 def _readable_header(data: bytes,
                      off: int) -> tuple[tuple[int, int] | None, bool]:
+    """The seqs of a damaged frame whose header is still intact (or intact
+    but for its magic), and whether its whole length is there."""
+    head = data[off:off + fmt.FRAME_HEADER_SIZE]
     try:
-        n, first, last, _ = fmt.parse_frame_header(data, off)
+        n, first, last, _ = fmt.parse_frame_header(head)
     except fmt.FormatError:
-        return None, False
+        try:
+            n, first, last, _ = fmt.parse_frame_header(
+                fmt.FRAME_MAGIC + head[4:])
+        except fmt.FormatError:
+            return None, False
     whole = off + fmt.FRAME_HEADER_SIZE + n + fmt.TRAILER_SIZE <= len(data)
     return (first, last), whole
+
+
+def _torn(data: bytes, off: int, seqs: tuple[int, int] | None,
+          whole: bool) -> bool:
+    """Whether the bytes from ``off`` to the end look like a write that was
+    interrupted (power loss): a prefix of a frame whose header is intact, a
+    piece shorter than a header, or zeros (delayed allocation).  Anything
+    else at the end is damage to data that may have been durable."""
+    rest = data[off:]
+    return (seqs is not None and not whole) or \
+        len(rest) < fmt.FRAME_HEADER_SIZE or not rest.strip(b"\0")
 
 
 def _gap_ranges(usable: list[tuple[SegmentScan, list[FrameRef]]],
@@ -256,7 +275,22 @@ class _Assessor:
                 self.frame(ref)
         self.r.last_hash = self.last_hash
         self.r.next_seq = self.expected or 1
+        self.trailing_holes(usable)
         self.tail()
+
+    def trailing_holes(self, usable: list[tuple[SegmentScan,
+                                                list[FrameRef]]]) -> None:
+        """Seqs skipped after the last frame (a new segment started after a
+        failed write) were never served: nothing to explain yet, though
+        recovery still writes their gap record."""
+        last = max((r.last_seq for _, refs in usable for r in refs),
+                   default=0)
+        self.r.problems = [
+            replace(p, explained=True, message=p.message + " (after the last "
+                    "frame: never served; recovery records the gap)")
+            if not p.explained and p.seq is not None and p.seq > last
+            and p.message.startswith("seqs ") else p
+            for p in self.r.problems]
 
     def segment_start(self, seg: SegmentScan) -> None:
         h = seg.header
@@ -300,9 +334,10 @@ class _Assessor:
                    if d.explained is None and self.prev_pos <= d.pos < pos]
         for d in damaged:
             d.explained = covered
+        if damaged:  # name the damage, where it is
+            segment, pos = damaged[0].segment, damaged[0].pos
         if reason is None:
-            reason = (f"damaged bytes at {damaged[0].segment.name} offset "
-                      f"{damaged[0].offset}: {damaged[0].reason}" if damaged
+            reason = (f"damaged bytes: {damaged[0].reason}" if damaged
                       else "seqs missing (segment or frames gone)")
         self.r.holes.append(Hole(first, last, reason, covered))
         self.problem(segment, pos[1], first, f"seqs {first}-{last} missing: "
@@ -326,11 +361,16 @@ class _Assessor:
                           f"damaged frame at the end: {d.reason}")
                 d.explained = self.r.covered(self.r.next_seq, d.seqs[1])
                 self.r.next_seq = d.seqs[1] + 1
-            else:
+            elif d.torn:
                 d.explained = True
                 self.problem(d.segment, d.offset, None, "incomplete write at "
                              f"the end ({d.reason}): never served, recovery "
                              "truncates it", True)
+            else:
+                d.explained = False
+                self.problem(d.segment, d.offset, None, "damaged bytes at the "
+                             f"end ({d.reason}), not the shape of an "
+                             "interrupted write", False)
 
     def problem(self, segment: Path, offset: int, seq: int | None,
                 message: str, explained: bool) -> None:

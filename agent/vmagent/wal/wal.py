@@ -114,9 +114,7 @@ class Wal:
         for d in found.damages:
             seg = next(s for s in found.segments if s.path == d.segment)
             at_tail = d.offset >= seg.valid_end
-            torn = d.explained and seg is last and at_tail and \
-                not d.whole_frame
-            if not torn:
+            if not (d.torn and seg is last and at_tail):
                 self._quarantine(d)
             if seg.header is None:
                 self.ops.unlink(seg.path)
