@@ -147,7 +147,8 @@ class Wal:
     # --- writing ----------------------------------------------------------
 
     def commit(self, records: list[Record]) -> tuple[int, int] | None:
-        """Write one sweep's records as one frame and fdatasync it.
+        """Write one sweep's records as one frame and fdatasync it; the WAL
+        sets each record's ``seq`` and ``host``.
 
         Returns the (first, last) seq once durable, or None when the records
         were kept in memory instead (cap, full disk or I/O error)."""
@@ -158,7 +159,9 @@ class Wal:
         if not todo:
             return None
         first = self.next_seq
-        recs = [{**r, "seq": first + i} for i, r in enumerate(todo)]
+        # every record names the signing host: verifiers take it from there
+        recs = [{**r, "seq": first + i, "host": self.host}
+                for i, r in enumerate(todo)]
         last = first + len(recs) - 1
         body = b"".join(msgpack.packb(r) for r in recs)
         frame = self._frame(first, last, body, bool(self.pending_gaps))
