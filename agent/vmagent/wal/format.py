@@ -97,7 +97,9 @@ def parse_segment_header(data: bytes) -> SegmentHeader:
 
 
 def chain_hash(prev_hash: bytes, records: bytes) -> bytes:
-    return hashlib.sha256(prev_hash + records).digest()
+    h = hashlib.sha256(prev_hash)
+    h.update(records)
+    return h.digest()
 
 
 def signed_bytes(host: str, wal_id: bytes, first_seq: int, last_seq: int,
@@ -111,9 +113,9 @@ def encode_frame(frame: Frame) -> bytes:
     head = FRAME_HEADER.pack(FRAME_MAGIC, len(frame.records), frame.first_seq,
                              frame.last_seq, frame.flags, 0)[:28]
     head += struct.pack(">I", zlib.crc32(head))
-    body = (head + frame.records + frame.prev_hash + frame.hash
-            + frame.key_id + frame.sig)
-    return body + struct.pack(">I", zlib.crc32(body))
+    tail = frame.prev_hash + frame.hash + frame.key_id + frame.sig
+    crc = zlib.crc32(tail, zlib.crc32(frame.records, zlib.crc32(head)))
+    return b"".join((head, frame.records, tail, struct.pack(">I", crc)))
 
 
 def parse_frame_header(data: bytes,

@@ -64,12 +64,14 @@ class Wal:
         self.clock = clock
         self.log = get_logger(wal=str(self.dir), host=host)
         self.coalescer = Coalescer()
+        self._packer = msgpack.Packer(autoreset=False)
         self.pending_gaps: list[Record] = []
         self.quarantined = 0
         self._segments: list[_Segment] = []
         self._index: list[_Entry] = []
         self._firsts: list[int] = []
         self._fd: int | None = None  # the active (last) segment, for append
+        self._fresh_segment = False  # a damaged tail could not be truncated
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._recover(list(consumers))
 
@@ -92,7 +94,7 @@ class Wal:
         self.cursors = Cursors(self.dir / "cursors", self.wal_id, consumers,
                                self.ops)
         try:
-            if self._segments:
+            if self._segments and not self._fresh_segment:
                 self._fd = self.ops.open_append(self._segments[-1].path)
             else:
                 self._new_segment()  # the WAL id is on disk from the start
@@ -121,7 +123,13 @@ class Wal:
                 self.ops.fsync_dir(self.dir)
                 sizes.pop(seg.path, None)
             elif at_tail:
-                self.ops.truncate(seg.path, seg.valid_end)
+                try:
+                    self.ops.truncate(seg.path, seg.valid_end)
+                except OSError as err:  # never a crash loop: write elsewhere
+                    self.log.error("wal_truncate_failed",
+                                   segment=seg.path.name, error=err.strerror)
+                    self._fresh_segment = True
+                    continue
                 sizes[seg.path] = seg.valid_end
                 self.log.warning("wal_tail_truncated", segment=seg.path.name,
                                  offset=seg.valid_end, reason=d.reason)
@@ -160,10 +168,12 @@ class Wal:
             return None
         first = self.next_seq
         # every record names the signing host: verifiers take it from there
-        recs = [{**r, "seq": first + i, "host": self.host}
-                for i, r in enumerate(todo)]
-        last = first + len(recs) - 1
-        body = b"".join(msgpack.packb(r) for r in recs)
+        pack = self._packer.pack  # autoreset off: one buffer, no joins
+        for i, r in enumerate(todo):
+            pack({**r, "seq": first + i, "host": self.host})
+        body = self._packer.bytes()
+        self._packer.reset()
+        last = first + len(todo) - 1
         frame = self._frame(first, last, body, bool(self.pending_gaps))
         data = fmt.encode_frame(frame)
         self._delete_acked()
