@@ -90,6 +90,10 @@ class FailingOps(FileOps):
         self._check("fdatasync")
         super().fdatasync(fd)
 
+    def write_atomically(self, path: Path, data: bytes) -> None:
+        self._check("write")
+        super().write_atomically(path, data)
+
     def truncate(self, path: Path, size: int) -> None:
         self._check("truncate")
         super().truncate(path, size)

@@ -151,8 +151,10 @@ def _scan_segment(index: int, path: Path, data: bytes,
     except fmt.FormatError as err:
         # its frames are not trusted, but their seqs must never be reused
         seqs = _seqs_inside(data)
-        result.damages.append(Damage(path, index, 0, len(data), str(err),
-                                     seqs, seqs is not None))
+        result.damages.append(Damage(
+            path, index, 0, len(data), str(err), seqs, seqs is not None,
+            seqs is None and not data[fmt.SEGMENT_HEADER_SIZE:].strip(b"\0")
+            and len(data) <= fmt.SEGMENT_HEADER_SIZE))
         return seg, []
     result.wal_id = header.wal_id
     seg.header = header

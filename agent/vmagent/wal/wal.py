@@ -78,6 +78,8 @@ class Wal:
     # --- recovery ---------------------------------------------------------
 
     def _recover(self, consumers: list[str]) -> None:
+        for stale in self.dir.glob(".*.tmp"):  # a segment never renamed in
+            self.ops.unlink(stale)
         found = scan(self.dir, self.ops)
         sizes = self._repair(found)
         self.wal_id = found.wal_id or os.urandom(16)
@@ -248,29 +250,20 @@ class Wal:
             self._new_segment()
 
     def _new_segment(self) -> None:
+        """Start the next segment: its header is written to a temporary
+        file, synced and renamed into place, so a crash leaves either no
+        segment or a whole header (which fixes ``next_seq`` on disk)."""
         if self._fd is not None:
             self.ops.close(self._fd)
             self._fd = None
         path = self.dir / fmt.segment_name(self.next_seq)
         header = fmt.pack_segment_header(fmt.SegmentHeader(
             self.wal_id, self.next_seq, self.clock(), self.last_hash))
-        fd = self.ops.open_append(path)
-        try:
-            self.ops.ftruncate(fd, 0)
-            self.ops.write_all(fd, header)
-            self.ops.fdatasync(fd)
-            self.ops.fsync_dir(self.dir)
-        except OSError:
-            self.ops.close(fd)
-            try:
-                self.ops.unlink(path)
-            except OSError:
-                pass
-            raise
+        self.ops.write_atomically(path, header)
         if self._segments and self._segments[-1].path == path:
             self._segments.pop()  # an empty segment started again
         self._segments.append(_Segment(path, self.next_seq, len(header)))
-        self._fd = fd
+        self._fd = self.ops.open_append(path)
 
     # --- reading ----------------------------------------------------------
 
