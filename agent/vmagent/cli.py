@@ -1,6 +1,7 @@
 """The ``vmagent`` command: one function per sub-command (ARCHITECTURE §6).
 
-Exit codes: 0 success, 1 failure, 2 usage error, 78 bad configuration.
+Exit codes: 0 success, 1 failure (``status``: degraded), 2 usage error,
+3 not running (``status``), 78 bad configuration.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from vmagent._version import __version__
 from vmagent.errors import ConfigError, StateError, VmagentError
 from vmagent.identity import load_or_create_host_id
 
-EXIT_FAILURE, EXIT_USAGE, EXIT_CONFIG = 1, 2, 78
+EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_CONFIG = 1, 2, 3, 78
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,6 +44,32 @@ def _parser() -> argparse.ArgumentParser:
     vms.set_defaults(func=cmd_vms)
     check = command("check-config", "validate the configuration and exit")
     check.set_defaults(func=cmd_check_config)
+
+    run = command("run", "run the agent in the foreground (systemd, "
+                  "daemon(8))")
+    run.set_defaults(func=cmd_run)
+    status = command("status", "ask the running agent how it is; exit 0 "
+                     "healthy, 1 degraded, 3 not running")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+    pull = sub.add_parser("pull", help="pull, verify and print records "
+                          "(the reference collector)")
+    pull.add_argument("url", metavar="URL", help="e.g. http://127.0.0.1:9740")
+    pull.add_argument("--consumer", required=True, metavar="NAME")
+    pull.add_argument("--token-file", required=True, metavar="F",
+                      help="a file holding the bearer token")
+    pull.add_argument("--after", type=int, metavar="SEQ",
+                      help="start after this seq (default: the ack)")
+    pull.add_argument("--ack", action="store_true",
+                      help="ack what was printed")
+    pull.add_argument("--follow", action="store_true",
+                      help="keep pulling (long-poll) until interrupted")
+    pull.add_argument("--json", action="store_true",
+                      help="one JSON object per record")
+    pull.add_argument("--pubkey", metavar="F",
+                      help="the host's public key (raw or hex); without it "
+                           "signatures are not checked")
+    pull.set_defaults(func=cmd_pull)
 
     key = sub.add_parser("key", help="the host's signing key")
     key_sub = key.add_subparsers(dest="key_command", metavar="ACTION",
@@ -90,6 +117,61 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
     print(f"{cfg.source}: OK")
     return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from vmagent.daemon import Agent
+
+    cfg = config_mod.load(args.config)
+    return Agent(cfg, args.config).run()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from vmagent.api.control import query_status
+
+    cfg = config_mod.load(args.config)
+    try:
+        doc = query_status(cfg.agent.state_dir)
+    except (OSError, ValueError) as err:
+        print(f"vmagent is not running (no answer on "
+              f"{cfg.agent.state_dir}/control.sock: {err})", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(format_status(doc))
+    return 0 if doc["health"]["state"] == "healthy" else EXIT_FAILURE
+
+
+def format_status(doc: dict[str, Any]) -> str:
+    """``vmagent status`` for a person."""
+    health = doc["health"]
+    lines = [f"vmagent {doc['version']} on {doc['host']}: {health['state']}"]
+    lines += [f"  - {r}" for r in health["reasons"]]
+    s, wal = doc.get("last_sweep") or {}, doc["wal"]
+    per_vm = f", {s['us_per_vm']:.0f} µs/VM" if s.get("us_per_vm") else ""
+    lines.append(f"uptime {doc['uptime_s']:.0f} s, interval "
+                 f"{doc['interval_s']:g} s, {doc['vms']} VMs, last sweep "
+                 f"{s.get('duration_s', 0) * 1000:.1f} ms{per_vm}")
+    lines.append("probes: KVM debugfs " + ("readable" if
+                 doc["probes"]["kvm_debugfs"] else "not readable"))
+    lines.append(f"WAL {wal['wal_id']}: {wal['segments']} segments, "
+                 f"{human_bytes(wal['bytes'])}, seqs {wal['first_seq']}-"
+                 f"{wal['durable_seq']}" + (", COALESCING" if
+                                            wal["coalescing"] else ""))
+    for name, lag in sorted(doc["consumers"].items()):
+        lines.append(f"consumer {name}: acked {lag['acked_seq']}, "
+                     f"{lag['lag_records']} records / {lag['lag_s']:.0f} s "
+                     "behind")
+    for e in doc["errors"][-5:]:
+        lines.append(f"error: {e['event']}: {e['message']}")
+    return "\n".join(lines)
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from vmagent.pull import pull
+
+    return pull(args)
 
 
 def cmd_key_show(args: argparse.Namespace) -> int:

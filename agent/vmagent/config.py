@@ -5,6 +5,7 @@ Every error names the file, the key and what was expected, in one line.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import sys
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ class ApiConfig:
 @dataclass(frozen=True)
 class WalConfig:
     max_bytes: int = 1 << 30
+    segment_bytes: int = 16 << 20  # deletion happens a whole segment at a time
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,22 @@ def parse(text: str, source: str = "<string>") -> Config:
         if not isinstance(table, dict):
             raise ConfigError(source, section, "expected a table")
         built[section] = cls(**_section(source, section, table, fields))
-    return Config(source=source, **built)
+    cfg = Config(source=source, **built)
+    _check_listen(cfg)
+    return cfg
+
+
+def _check_listen(cfg: Config) -> None:
+    """Bearer tokens in clear text only on loopback (ARCHITECTURE §5)."""
+    host = cfg.api.listen.rpartition(":")[0].strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and cfg.api.tls_cert is None:
+        raise ConfigError(cfg.source, "api.listen", f"{cfg.api.listen} is not "
+                          "a loopback address: serving it needs TLS "
+                          "(api.tls_cert and api.tls_key)")
 
 
 def _section(source: str, section: str, table: dict[str, Any],
@@ -184,6 +201,13 @@ def parse_size(value: Any) -> int:
     return size
 
 
+def _segment_size(value: Any) -> int:
+    size = parse_size(value)
+    if size < 4096:
+        raise ValueError(f"expected at least 4KiB, got {value!r}")
+    return size
+
+
 def _listen(value: Any) -> str:
     m = _LISTEN.match(_text(value))
     if not m or not 0 < int(m.group(2)) < 65536:
@@ -208,7 +232,8 @@ _SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
     "api": (ApiConfig, {"listen": _listen, "tokens_file": _path,
                         "consumers": _names, "tls_cert": _path,
                         "tls_key": _path, "tls_client_ca": _path}),
-    "wal": (WalConfig, {"max_bytes": parse_size}),
+    "wal": (WalConfig, {"max_bytes": parse_size,
+                        "segment_bytes": _segment_size}),
     "probes": (ProbesConfig, {"procfs": _abs_path, "sysfs": _abs_path,
                               "debugfs": _abs_path, "acct_file": _abs_path}),
 }

@@ -61,3 +61,23 @@ def wait_for_vm(prober: Prober, pid: int, timeout: float = 30.0) -> VM:
             return vm
         time.sleep(0.05)
     raise TimeoutError(f"VM pid {pid} not found complete in {timeout}s")
+
+
+@pytest.fixture
+def agent(tmp_path):
+    """``agent(extra_config="", interval=0.5, fake_vms=0)``: a started
+    vmagent process, killed after the test."""
+    from integration.agent_process import AgentProcess
+
+    started: list[AgentProcess] = []
+
+    def start(extra_config: str = "", interval: float = 0.5,
+              fake_vms: int = 0) -> AgentProcess:
+        a = AgentProcess(tmp_path / f"agent{len(started)}", extra_config,
+                         interval, fake_vms)
+        started.append(a)
+        return a.start()
+
+    yield start
+    for a in started:
+        a.kill()

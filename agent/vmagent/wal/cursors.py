@@ -31,6 +31,14 @@ class Cursors:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.acked = {name: self._load(name) for name in consumers}
 
+    def update(self, consumers: list[str]) -> None:
+        """The set of consumers changed (tokens reloaded)."""
+        for name in consumers:
+            if not _NAME.fullmatch(name) or name.startswith("."):
+                raise CursorError(f"invalid consumer name {name!r}")
+        self.acked = {name: self.acked.get(name, self._load(name))
+                      for name in consumers}
+
     def _load(self, name: str) -> int:
         try:
             doc = json.loads((self.dir / name).read_bytes())

@@ -25,7 +25,7 @@ from vmagent.wal import format as fmt
 from vmagent.wal.coalesce import Coalescer
 from vmagent.wal.cursors import CursorError, Cursors
 from vmagent.wal.fileops import FileOps
-from vmagent.wal.scan import Damage, Scan, scan
+from vmagent.wal.scan import Damage, Scan, iter_records, scan
 
 Record = dict[str, Any]
 SEGMENT_BYTES = 16 << 20
@@ -313,6 +313,27 @@ class Wal:
             self.cursors.set(consumer, seq)
             self._delete_acked()
         return self.cursors.acked[consumer]
+
+    def set_consumers(self, names: Sequence[str]) -> None:
+        """Consumers added start at 0 (they hold everything still kept);
+        consumers removed stop holding data."""
+        self.cursors.update(list(names))
+        self._delete_acked()
+
+    def lag(self, consumer: str) -> dict[str, Any]:
+        """How far ``consumer`` is behind: seqs and the age of the oldest
+        record it has not acked."""
+        acked = self.cursors.acked[consumer]
+        out: dict[str, Any] = {"acked_seq": acked,
+                               "lag_records": max(0, self.durable_seq - acked),
+                               "lag_s": 0.0}
+        frames = self.frames(acked, max_records=1)
+        if frames:
+            first = next(iter_records(frames[0].records), None)
+            t = first.get("t") if isinstance(first, dict) else None
+            if isinstance(t, int):
+                out["lag_s"] = max(0.0, (self.clock() - t) / 1e9)
+        return out
 
     def _delete_acked(self) -> None:
         """Unlink segments whose every seq all consumers have acked (never

@@ -1,0 +1,77 @@
+"""The local control socket (``<state_dir>/control.sock``, mode 0600):
+``vmagent status`` asks it for the status document."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import socketserver
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vmagent.daemon import Agent
+
+SOCKET_NAME = "control.sock"
+
+
+class ControlServer(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.path = agent.cfg.agent.state_dir / SOCKET_NAME
+        try:
+            self.path.unlink()  # a stale socket from a previous run
+        except FileNotFoundError:
+            pass
+        old = os.umask(0o177)
+        try:
+            super().__init__(str(self.path), _Handler)
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self.serve_forever, name="control",
+                                  daemon=True)
+        thread.start()
+        return thread
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    timeout = 10.0
+    server: ControlServer
+
+    def handle(self) -> None:
+        line = self.rfile.readline(256).strip()
+        if line == b"status":
+            reply = self.server.agent.status()
+        else:
+            reply = {"error": f"unknown command {line[:40]!r}"}
+        self.wfile.write(json.dumps(reply, default=repr).encode() + b"\n")
+
+
+def query_status(state_dir: Path, timeout: float = 10.0) -> dict[str, Any]:
+    """The running agent's status document; OSError if none answers."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(state_dir / SOCKET_NAME))
+        s.sendall(b"status\n")
+        chunks = []
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    return json.loads(b"".join(chunks))

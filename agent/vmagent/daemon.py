@@ -1,0 +1,254 @@
+"""``vmagent run``: discovery -> sampler -> WAL -> API, on a schedule.
+
+Sweeps run every ``interval``, aligned to wall-clock boundaries, in the main
+thread; each is one WAL commit.  The pull API and the control socket serve
+from their own threads and only ever take the WAL lock for short reads, so a
+slow collector never delays a sweep.  SIGTERM/SIGINT: a final sweep, made
+durable, then exit 0.  SIGHUP: reload the config and tokens, keeping the old
+ones if the new are invalid.
+"""
+
+from __future__ import annotations
+
+import collections
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from vmagent import config as config_mod
+from vmagent import tokens as tokens_mod
+from vmagent._version import __version__
+from vmagent.errors import ConfigError, VmagentError
+from vmagent.health import assess
+from vmagent.identity import load_or_create_host_id, read_boot_id
+from vmagent.keys import HostKey
+from vmagent.log import get_logger
+from vmagent.probes import VM, Prober
+from vmagent.sdnotify import Notifier
+from vmagent.wal import Wal
+
+INVENTORY_EVERY_S = 60.0
+CLOCK_STEP_NS = 1_000_000_000  # wall clock moved 1 s more than monotonic
+SCHEMA = 1
+
+
+class Agent:
+    """The daemon's state, shared by the sweep loop and the servers."""
+
+    def __init__(self, cfg: config_mod.Config, config_path: str | None = None,
+                 notifier: Notifier | None = None) -> None:
+        self.cfg, self.config_path = cfg, config_path
+        self.notifier = notifier or Notifier()
+        state = cfg.agent.state_dir
+        self.host_id = cfg.agent.host_id or load_or_create_host_id(state)
+        self.log = get_logger(host=self.host_id)
+        self.key = HostKey.load_or_create(state)
+        self.tokens, created = tokens_mod.load_or_create(cfg.tokens_file)
+        if created:
+            self.log.warning("tokens_file_created", path=str(cfg.tokens_file),
+                             consumer=tokens_mod.DEFAULT_CONSUMER)
+        self.lock = threading.Lock()
+        self.committed = threading.Condition(self.lock)  # after each commit
+        self.wal = Wal(state / "wal", host=self.host_id, key=self.key,
+                       consumers=self._consumers(), max_bytes=cfg.wal.max_bytes,
+                       segment_bytes=cfg.wal.segment_bytes)
+        self.prober = Prober(self.host_id, procfs_root=cfg.probes.procfs,
+                             sysfs_root=cfg.probes.sysfs,
+                             debugfs_root=cfg.probes.debugfs)
+        self.boot_id = read_boot_id(cfg.probes.procfs)
+        self.started = time.time()
+        self.stop_requested = threading.Event()
+        self.reload_requested = threading.Event()
+        self.wake = threading.Event()  # set by the signal handlers
+        self.errors: collections.deque[dict[str, Any]] = \
+            collections.deque(maxlen=20)
+        self.last_sweep: dict[str, Any] = {}
+        self.sweeps = 0
+        self._clock_offset: int | None = None
+        self._last_inventory = 0.0
+        self._known: dict[str, VM] = {}  # gen -> VM
+
+    def _consumers(self) -> list[str]:
+        return sorted(set(self.tokens.consumers) | set(self.cfg.api.consumers))
+
+    # --- the sweep ----------------------------------------------------------
+
+    def sweep(self, first: bool = False, last: bool = False) -> None:
+        """Discover, sample, and commit one sweep's records."""
+        t = time.time_ns()
+        started = time.perf_counter()
+        records: list[dict[str, Any]] = []
+        if first:
+            records.append({"kind": "agent_start", "t": t,
+                            "version": __version__, "wal": self.wal.wal_id,
+                            "boot_id": self.boot_id, "schema": SCHEMA})
+        records += self._clock_step(t)
+        records += self._sample(t)
+        if last:
+            records.append({"kind": "agent_stop", "t": t})
+        done: tuple[int, int] | None = None
+        if records:  # no VMs and no heartbeat due: nothing to write
+            with self.committed:
+                done = self.wal.commit(records)
+                self.committed.notify_all()
+        duration = time.perf_counter() - started
+        n = len(self._known)
+        self.sweeps += 1
+        self.last_sweep = {"t": t, "duration_s": duration, "vms": n,
+                           "us_per_vm": duration * 1e6 / n if n else None,
+                           "records": len(records)}
+        if records and done is None:
+            self.error("wal_not_written", "sweep kept in memory (coalescing)")
+
+    def _sample(self, t: int) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for vm in self.prober.discover():
+            self._known[vm.ref.gen] = vm
+            out.append({"kind": "vm_start", "t": t, "vm": vm.ref.as_record()})
+        sweep = self.prober.sample()
+        out += [{"kind": "sample", "t": t, **s} for _, s in sweep.samples]
+        for vm in sweep.gone:
+            self._known.pop(vm.ref.gen, None)
+            out.append({"kind": "vm_stop", "t": t, "vm": vm.ref.as_record(),
+                        "exit": {"source": "poll"}})
+        for vm, reason in sweep.failed:
+            self.error("vm_sample_failed", reason, vm=vm.ref.name)
+        if sweep.gone or out and out[0]["kind"] == "vm_start" or \
+                time.monotonic() - self._last_inventory >= INVENTORY_EVERY_S:
+            self._last_inventory = time.monotonic()
+            out.append({"kind": "inventory", "t": t, "vms": [
+                {"uuid": v.ref.uuid, "gen": v.ref.gen, "name": v.ref.name}
+                for v in self._known.values()]})
+        return out
+
+    def _clock_step(self, t: int) -> list[dict[str, Any]]:
+        """A ``clock_step`` record when the wall clock moved against the
+        monotonic clock since the last sweep (NTP step, manual change)."""
+        mono = time.monotonic_ns()
+        offset = t - mono
+        prev, self._clock_offset = self._clock_offset, offset
+        if prev is None or abs(offset - prev) < CLOCK_STEP_NS:
+            return []
+        self.log.warning("clock_step", step_ns=offset - prev)
+        return [{"kind": "clock_step", "t": t, "wall_ns": t, "mono_ns": mono,
+                 "step_ns": offset - prev}]
+
+    def error(self, event: str, message: str, **context: Any) -> None:
+        self.log.error(event, message=message, **context)
+        self.errors.append({"t": time.time_ns(), "event": event,
+                            "message": message, **context})
+
+    # --- the loop -----------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve and sweep until asked to stop; returns the exit code."""
+        from vmagent.api.control import ControlServer
+        from vmagent.api.http import ApiServer
+
+        self._install_signals()
+        api, control = ApiServer(self), ControlServer(self)
+        api.start()
+        control.start()
+        try:
+            return self._loop()
+        finally:
+            api.shutdown()
+            api.server_close()
+            control.close()
+
+    def _loop(self) -> int:
+        self.sweep(first=True)
+        self.notifier.send(ready="1", status=self.status_line())
+        self.log.info("agent_started", version=__version__,
+                      wal_id=self.wal.wal_id.hex(),
+                      interval_s=self.cfg.agent.interval_s)
+        while self._sleep_until_next_sweep():
+            self.sweep()
+            self.notifier.send(status=self.status_line())
+        self.notifier.send(stopping="1")
+        self.sweep(last=True)
+        self.wal.close()
+        self.log.info("agent_stopped")
+        return 0
+
+    def _sleep_until_next_sweep(self) -> bool:
+        """Wait for the next interval boundary of the wall clock, pinging
+        the watchdog meanwhile; False when a stop was requested.  The wait
+        itself runs on the monotonic clock: a wall-clock step only moves
+        the alignment of the sweep after."""
+        interval = self.cfg.agent.interval_s
+        now = time.time()
+        deadline = time.monotonic() + (now // interval + 1) * interval - now
+        while not self.stop_requested.is_set():
+            if self.reload_requested.is_set():
+                self.reload()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            ping = self.notifier.watchdog_s
+            if ping is not None:
+                self.notifier.send(watchdog="1")
+                left = min(left, ping)
+            self.wake.wait(left)
+            self.wake.clear()
+        return False
+
+    def _install_signals(self) -> None:
+        def stop(*_: object) -> None:
+            self.stop_requested.set()
+            self.wake.set()
+
+        def reload(*_: object) -> None:
+            self.reload_requested.set()
+            self.wake.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, reload)
+
+    def reload(self) -> None:
+        """SIGHUP: new config and tokens, or the old ones if invalid."""
+        self.reload_requested.clear()
+        try:
+            cfg = config_mod.load(self.config_path) if self.config_path \
+                else config_mod.load(None)
+            tokens = tokens_mod.load(cfg.tokens_file)
+        except (ConfigError, VmagentError) as err:
+            self.error("reload_failed", f"{err}; keeping the running config")
+            return
+        with self.lock:
+            self.cfg, self.tokens = cfg, tokens
+            self.wal.set_consumers(self._consumers())
+        self.log.info("reloaded", consumers=self._consumers())
+
+    # --- status -------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """The document behind ``vmagent status`` and ``GET /v1/status``."""
+        with self.lock:
+            wal = self.wal.status()
+            consumers = {name: self.wal.lag(name) for name in wal["acked"]}
+        doc: dict[str, Any] = {
+            "version": __version__, "host": self.host_id,
+            "uptime_s": round(time.time() - self.started, 3),
+            "interval_s": self.cfg.agent.interval_s,
+            "sweeps": self.sweeps, "last_sweep": self.last_sweep,
+            "vms": len(self._known),
+            "probes": {"kvm_debugfs": self._debugfs_readable()},
+            "wal": {k: v for k, v in wal.items() if k != "acked"},
+            "consumers": consumers, "errors": list(self.errors),
+        }
+        doc["health"] = assess(doc)
+        return doc
+
+    def _debugfs_readable(self) -> bool:
+        return any(vm.kvm_stats for vm in self._known.values()) or \
+            Path(self.cfg.probes.debugfs, "kvm").is_dir()
+
+    def status_line(self) -> str:
+        s = self.last_sweep
+        return (f"{s.get('vms', 0)} VMs, last sweep "
+                f"{s.get('duration_s', 0) * 1000:.1f} ms, WAL seq "
+                f"{self.wal.durable_seq}")

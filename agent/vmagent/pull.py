@@ -1,0 +1,120 @@
+"""``vmagent pull``: the reference collector on the command line.
+
+Prints verified records, then acks them (``--ack``); reports gaps and WAL
+changes on stderr; with ``--follow`` keeps long-polling and rides through
+agent restarts.  Exit 1 at the first frame that fails verification.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from vmagent.collector import (
+    ChainState,
+    Client,
+    PullError,
+    VerifyError,
+    unexplained,
+    verify_batch,
+)
+from vmagent.keys import load_public_key
+
+FOLLOW_WAIT_S = 30.0
+
+
+def pull(args: argparse.Namespace) -> int:
+    token = Path(args.token_file).read_text().strip()
+    key = load_public_key(Path(args.pubkey)) if args.pubkey else None
+    if key is None:
+        print("vmagent pull: no --pubkey: signatures are NOT checked",
+              file=sys.stderr)
+    client = Client(args.url, args.consumer, token)
+    state = ChainState(last_seq=args.after or 0)
+    after: int | None = args.after
+    reported: set[tuple[int, int]] = set()
+    while True:
+        try:
+            batch = client.batch(after, state.wal,
+                                 FOLLOW_WAIT_S if args.follow else 0)
+        except PullError as err:
+            after = _recover_from(err, state)
+            if after is None or not args.follow:
+                print(f"vmagent pull: {err}", file=sys.stderr)
+                return 1
+            continue
+        except OSError as err:  # the agent is restarting
+            if not args.follow:
+                print(f"vmagent pull: {err}", file=sys.stderr)
+                return 1
+            time.sleep(1)
+            continue
+        if after is None:
+            state.last_seq = _start_of(batch)
+        try:
+            printed = _print_records(verify_batch(batch, state, key), args)
+        except VerifyError as err:
+            print(f"vmagent pull: verification failed: {err}",
+                  file=sys.stderr)
+            return 1
+        for a, b, reason in state.gaps:
+            if (a, b) not in reported:
+                reported.add((a, b))
+                print(f"vmagent pull: gap: seqs {a}-{b}: {reason}",
+                      file=sys.stderr)
+        after = state.last_seq
+        if args.ack and printed and state.wal is not None:
+            client.ack(state.wal, state.last_seq)
+        if not args.follow and not printed:
+            break
+    missing = unexplained(state)
+    for a, b in missing:
+        print(f"vmagent pull: seqs {a}-{b} missing without a gap record",
+              file=sys.stderr)
+    return 1 if missing else 0
+
+
+def _start_of(batch: dict[str, Any]) -> int:
+    """Where the first reply of a session (after = the ack) starts."""
+    frames = batch.get("frames") or []
+    return max(0, frames[0]["first_seq"] - 1) if frames else 0
+
+
+def _recover_from(err: PullError, state: ChainState) -> int | None:
+    """What to do after an HTTP error: a new WAL restarts from 0, seqs no
+    longer kept restart where they begin; anything else stops."""
+    if err.status == 409 and "wal" in err.body:
+        print(f"vmagent pull: the agent has a new WAL {err.body['wal']}: "
+              "starting it from seq 0", file=sys.stderr)
+        state.__init__()  # type: ignore[misc]
+        return 0
+    if err.status == 410:
+        a, b = err.body.get("missing_from"), err.body.get("missing_to")
+        print(f"vmagent pull: seqs {a}-{b} are no longer kept",
+              file=sys.stderr)
+        state.last_seq, state.last_hash = int(b), None
+        return int(b)
+    return None
+
+
+def _print_records(records, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
+    n = 0
+    for rec in records:
+        if args.json:
+            print(json.dumps(rec, default=_hex))
+        else:
+            rest = {k: v for k, v in rec.items() if k not in ("seq", "kind")}
+            print(rec["seq"], rec["kind"], json.dumps(rest, default=_hex))
+        n += 1
+    sys.stdout.flush()
+    return n
+
+
+def _hex(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(type(value).__name__)
