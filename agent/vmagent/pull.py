@@ -87,7 +87,8 @@ def _start_of(batch: dict[str, Any]) -> int:
 def _recover_from(err: PullError, state: ChainState) -> int | None:
     """What to do after an HTTP error: a new WAL restarts from 0, seqs no
     longer kept restart where they begin; anything else stops."""
-    if err.status == 409 and "wal" in err.body:
+    current = state.wal.hex() if state.wal else None
+    if err.status == 409 and err.body.get("wal") not in (None, current):
         print(f"vmagent pull: the agent has a new WAL {err.body['wal']}: "
               "starting it from seq 0", file=sys.stderr)
         state.__init__()  # type: ignore[misc]
