@@ -1,5 +1,5 @@
 # Set up and run:   sudo make run    (a venv in .venv, the agent built, then
-#                                     `vmagent vms` samples this host's VMs)
+#                                     `vmagent run` samples this host's VMs)
 # Set up and test:  sudo make test
 PYTHON ?= python3
 VENV ?= .venv
@@ -19,7 +19,7 @@ $(VENV)/.installed: $(SOURCES)
 	touch $@
 
 run: setup
-	$(BIN)/vmagent vms
+	$(BIN)/vmagent run $(if $(CONFIG),-c $(CONFIG))
 
 test: setup
 	$(BIN)/python -m pytest -ra $(PYTEST_ARGS) tests

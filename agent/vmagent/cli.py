@@ -206,22 +206,12 @@ def cmd_wal_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_wal_dump(args: argparse.Namespace) -> int:
+    from vmagent.show import record_line
     from vmagent.wal.verify import served_records
 
     for rec in served_records(_wal_dir(args.dir)):
-        if args.json:
-            print(json.dumps(rec, default=_json_bytes))
-        else:
-            rest = {k: v for k, v in rec.items() if k not in ("seq", "kind")}
-            print(rec.get("seq"), rec.get("kind"),
-                  json.dumps(rest, default=_json_bytes))
+        print(record_line(rec, args.json))
     return 0
-
-
-def _json_bytes(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.hex()
-    raise TypeError(f"cannot show {type(value).__name__}")
 
 
 def cmd_vms(args: argparse.Namespace) -> int:

@@ -104,7 +104,8 @@ class Agent:
 
     def _sample(self, t: int) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        for vm in self.prober.discover():
+        new = self.prober.discover()
+        for vm in new:
             self._known[vm.ref.gen] = vm
             out.append({"kind": "vm_start", "t": t, "vm": vm.ref.as_record()})
         sweep = self.prober.sample()
@@ -115,7 +116,7 @@ class Agent:
                         "exit": {"source": "poll"}})
         for vm, reason in sweep.failed:
             self.error("vm_sample_failed", reason, vm=vm.ref.name)
-        if sweep.gone or out and out[0]["kind"] == "vm_start" or \
+        if new or sweep.gone or \
                 time.monotonic() - self._last_inventory >= INVENTORY_EVERY_S:
             self._last_inventory = time.monotonic()
             out.append({"kind": "inventory", "t": t, "vms": [

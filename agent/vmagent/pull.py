@@ -8,8 +8,8 @@ agent restarts.  Exit 1 at the first frame that fails verification.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from collections.abc import Iterator
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from vmagent.collector import (
     verify_batch,
 )
 from vmagent.keys import load_public_key
+from vmagent.show import record_line
 
 FOLLOW_WAIT_S = 30.0
 
@@ -93,29 +94,20 @@ def _recover_from(err: PullError, state: ChainState) -> int | None:
               "starting it from seq 0", file=sys.stderr)
         state.__init__()  # type: ignore[misc]
         return 0
-    if err.status == 410:
-        a, b = err.body.get("missing_from"), err.body.get("missing_to")
+    a, b = err.body.get("missing_from"), err.body.get("missing_to")
+    if err.status == 410 and isinstance(a, int) and isinstance(b, int):
         print(f"vmagent pull: seqs {a}-{b} are no longer kept",
               file=sys.stderr)
-        state.last_seq, state.last_hash = int(b), None
-        return int(b)
+        state.last_seq, state.last_hash = b, None
+        return b
     return None
 
 
-def _print_records(records, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
+def _print_records(records: Iterator[dict[str, Any]],
+                   args: argparse.Namespace) -> int:
     n = 0
     for rec in records:
-        if args.json:
-            print(json.dumps(rec, default=_hex))
-        else:
-            rest = {k: v for k, v in rec.items() if k not in ("seq", "kind")}
-            print(rec["seq"], rec["kind"], json.dumps(rest, default=_hex))
+        print(record_line(rec, args.json))
         n += 1
     sys.stdout.flush()
     return n
-
-
-def _hex(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.hex()
-    raise TypeError(type(value).__name__)

@@ -60,12 +60,13 @@ class AgentProcess:
         return subprocess.run([sys.executable, "-m", "vmagent.cli", *args],
                               capture_output=True, text=True, timeout=timeout)
 
-    def start(self) -> AgentProcess:
+    def start(self, env: dict[str, str] | None = None) -> AgentProcess:
         log = open(self.workdir / f"agent{self.starts}.log", "wb")  # noqa: SIM115
         self.starts += 1
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vmagent.cli", "run", "-c",
-             str(self.config)], stdout=log, stderr=log)
+             str(self.config)], stdout=log, stderr=log,
+            env={**os.environ, **(env or {})})
         log.close()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import threading
 import sys
 import time
 
@@ -265,3 +266,48 @@ def test_each_kind_of_config_mistake_exits_78_with_one_line(tmp_path, config,
         assert r.returncode == 78, (command, r.stderr)
         assert r.stderr.count("\n") == 1
         assert f"{cfg}: {key}: " in r.stderr
+
+
+def test_systemd_notify_ready_status_and_watchdog(tmp_path):
+    import socket
+
+    from integration.agent_process import AgentProcess
+
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind(str(path))
+        s.settimeout(30)
+        a = AgentProcess(tmp_path / "a", interval=5)
+        try:
+            a.start(env={"NOTIFY_SOCKET": str(path),
+                         "WATCHDOG_USEC": "400000"})
+            got = set()
+            while not {"READY=1", "WATCHDOG=1"} <= got:
+                got |= set(s.recv(4096).decode().splitlines())
+            assert any(m.startswith("STATUS=") for m in got)
+            assert a.stop(signal.SIGINT) == 0
+            while "STOPPING=1" not in got:
+                got |= set(s.recv(4096).decode().splitlines())
+        finally:
+            a.kill()
+
+
+def test_stalled_clients_never_delay_sweeps(shared_agent):
+    import socket
+
+    a = shared_agent
+    stalled = []
+    for payload in (b"", b"GET /v1/batches?consumer=default HTTP/1.1\r\n"):
+        s = socket.create_connection(("127.0.0.1", a.port))
+        s.sendall(payload)  # and then nothing more
+        stalled.append(s)
+    polling = threading.Thread(target=lambda: a.client().batch(None, wait=20),
+                               daemon=True)
+    polling.start()  # a long-poll parked on the server
+    try:
+        sweeps = a.request("/v1/status")[1]["sweeps"]
+        wait_until(lambda: a.request("/v1/status")[1]["sweeps"] >= sweeps + 3)
+        assert a.client().batch(0)["frames"]
+    finally:
+        for s in stalled:
+            s.close()

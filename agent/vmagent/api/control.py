@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -23,10 +24,8 @@ class ControlServer(socketserver.ThreadingUnixStreamServer):
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
         self.path = agent.cfg.agent.state_dir / SOCKET_NAME
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.path.unlink()  # a stale socket from a previous run
-        except FileNotFoundError:
-            pass
         old = os.umask(0o177)
         try:
             super().__init__(str(self.path), _Handler)
@@ -43,10 +42,8 @@ class ControlServer(socketserver.ThreadingUnixStreamServer):
     def close(self) -> None:
         self.shutdown()
         self.server_close()
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-        except FileNotFoundError:
-            pass
 
 
 class _Handler(socketserver.StreamRequestHandler):

@@ -70,21 +70,21 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "vmagent"
     timeout = REQUEST_TIMEOUT_S
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # errors are logged by the agent, not per request
 
     # --- dispatch -----------------------------------------------------------
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._handle("GET")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._handle("POST")
 
     def _other(self) -> None:
         self._handle(self.command)
 
-    do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _other  # noqa: N815
+    do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _other
 
     def _handle(self, method: str) -> None:
         url = urlsplit(self.path)

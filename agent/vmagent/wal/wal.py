@@ -10,6 +10,7 @@ is kept and written later as one ``coalesced`` record.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -181,19 +182,21 @@ class Wal:
         self._delete_acked()
         if self._bytes() + len(data) + fmt.SEGMENT_HEADER_SIZE > \
                 self.max_bytes:
-            return self._keep(records, "the WAL is at max_bytes")
+            self._keep(records, "the WAL is at max_bytes")
+            return None
         try:
             self._ensure_segment(len(data))
         except OSError as err:  # nothing written: the seqs stay unused
-            return self._keep(records, f"cannot start a segment: "
-                                       f"{err.strerror}")
+            self._keep(records, f"cannot start a segment: {err.strerror}")
+            return None
         assert self._fd is not None
         seg = self._segments[-1]
         try:
             self.ops.write_all(self._fd, data)
             self.ops.fdatasync(self._fd)
         except OSError as err:
-            return self._write_failed(first, last, err, records)
+            self._write_failed(first, last, err, records)
+            return None
         self._add_entry(_Entry(first, last, seg.path, seg.size, len(data)))
         seg.size += len(data)
         self.next_seq, self.last_hash = last + 1, frame.hash
@@ -218,7 +221,6 @@ class Wal:
         if not self.coalescer:
             self.log.error("wal_coalescing", reason=why)
         self.coalescer.add(records)
-        return None
 
     def _write_failed(self, first: int, last: int, err: OSError,
                       records: list[Record]) -> None:
@@ -227,20 +229,16 @@ class Wal:
         self.log.error("wal_write_failed", first_seq=first, last_seq=last,
                        error=err.strerror)
         if self._fd is not None:
-            try:  # best effort: take the partial frame back out
+            with contextlib.suppress(OSError):  # take the partial frame out
                 self.ops.ftruncate(self._fd, self._segments[-1].size)
                 self.ops.fdatasync(self._fd)
-            except OSError:
-                pass
             self.ops.close(self._fd)
             self._fd = None
         self.next_seq = last + 1
         self._gap(first, last, f"write failed: {err.strerror}")
-        try:
+        with contextlib.suppress(OSError):  # else tried again next commit
             self._new_segment()  # its header fixes next_seq on disk
-        except OSError:
-            pass  # tried again on the next commit
-        return self._keep(records, f"write failed: {err.strerror}")
+        self._keep(records, f"write failed: {err.strerror}")
 
     def _ensure_segment(self, frame_size: int) -> None:
         active = self._segments[-1] if self._segments else None
