@@ -311,3 +311,36 @@ def test_stalled_clients_never_delay_sweeps(shared_agent):
     finally:
         for s in stalled:
             s.close()
+
+
+def test_pull_command_prints_verified_records_then_acks(shared_agent,
+                                                        tmp_path):
+    a = shared_agent
+    token = tmp_path / "token"
+    token.write_text(a.token() + "\n")
+    pub = a.state / "host.pub"
+    r = a.cli("pull", a.url, "--consumer", "default", "--token-file",
+              str(token), "--pubkey", str(pub), "--after", "0", "--ack",
+              "--json")
+    assert r.returncode == 0, r.stderr
+    recs = [json.loads(line) for line in r.stdout.splitlines()]
+    assert recs[0]["seq"] == 1 and recs[0]["kind"] == "agent_start"
+    assert [x["seq"] for x in recs] == list(range(1, len(recs) + 1))
+    acked = a.request("/v1/status")[1]["consumers"]["default"]["acked_seq"]
+    assert acked >= recs[-1]["seq"]
+
+
+def test_pull_command_refuses_frames_signed_by_another_key(shared_agent,
+                                                           tmp_path):
+    from vmagent.keys import HostKey
+
+    a = shared_agent
+    token = tmp_path / "token"
+    token.write_text(a.token())
+    other = tmp_path / "other.pub"
+    other.write_text(HostKey.generate().public.hex())
+    r = a.cli("pull", a.url, "--consumer", "default", "--token-file",
+              str(token), "--pubkey", str(other), "--after", "0", "--ack")
+    assert r.returncode == 1
+    assert "verification failed" in r.stderr and "another key" in r.stderr
+    assert r.stdout == ""  # nothing unverified is printed
