@@ -56,8 +56,8 @@ def _parser() -> argparse.ArgumentParser:
                           "(the reference collector)")
     pull.add_argument("url", metavar="URL", help="e.g. http://127.0.0.1:9740")
     pull.add_argument("--consumer", required=True, metavar="NAME")
-    pull.add_argument("--token-file", required=True, metavar="F",
-                      help="a file holding the bearer token")
+    pull.add_argument("--token-file", metavar="F",
+                      help="a file holding the bearer token (or use --cert)")
     pull.add_argument("--after", type=int, metavar="SEQ",
                       help="start after this seq (default: the ack)")
     pull.add_argument("--ack", action="store_true",
@@ -69,7 +69,22 @@ def _parser() -> argparse.ArgumentParser:
     pull.add_argument("--pubkey", metavar="F",
                       help="the host's public key (raw or hex); without it "
                            "signatures are not checked")
+    pull.add_argument("--cacert", metavar="F",
+                      help="CA certificate to verify an https:// agent")
+    pull.add_argument("--cert", metavar="F",
+                      help="client certificate for mutual TLS (its CN is the "
+                           "consumer)")
+    pull.add_argument("--key", metavar="F", help="the client certificate's key")
     pull.set_defaults(func=cmd_pull)
+
+    consumer = sub.add_parser("consumer", help="manage consumers")
+    consumer_sub = consumer.add_subparsers(dest="consumer_command",
+                                           metavar="ACTION", required=True)
+    drop = consumer_sub.add_parser(
+        "drop", help="a dead consumer stops holding WAL data")
+    drop.add_argument("name", metavar="NAME")
+    drop.add_argument("-c", "--config", metavar="FILE")
+    drop.set_defaults(func=cmd_consumer_drop)
 
     key = sub.add_parser("key", help="the host's signing key")
     key_sub = key.add_subparsers(dest="key_command", metavar="ACTION",
@@ -166,6 +181,25 @@ def format_status(doc: dict[str, Any]) -> str:
     for e in doc["errors"][-5:]:
         lines.append(f"error: {e['event']}: {e['message']}")
     return "\n".join(lines)
+
+
+def cmd_consumer_drop(args: argparse.Namespace) -> int:
+    from vmagent.api.control import ask
+    from vmagent.daemon import load_dropped, save_dropped
+
+    cfg = config_mod.load(args.config)
+    try:
+        reply = ask(cfg.agent.state_dir, f"drop {args.name}")
+    except OSError:  # not running: recorded for the next start
+        state = cfg.agent.state_dir
+        save_dropped(state, load_dropped(state) | {args.name})
+        print(f"vmagent is not running: {args.name} is dropped from the "
+              "next start on")
+        return 0
+    if "error" in reply:
+        raise StateError(reply["error"])
+    print(f"dropped consumer {args.name}: it no longer holds WAL data")
+    return 0
 
 
 def cmd_pull(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ acked.
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -55,19 +56,22 @@ class ChainState:
 class Client:
     """HTTP access to one agent's pull API with a bearer token."""
 
-    def __init__(self, url: str, consumer: str, token: str,
-                 timeout: float = 90.0) -> None:
+    def __init__(self, url: str, consumer: str, token: str | None,
+                 timeout: float = 90.0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.url, self.consumer, self.token = url.rstrip("/"), consumer, token
-        self.timeout = timeout
+        self.timeout, self.ssl_context = timeout, ssl_context
 
     def _request(self, path: str, body: bytes | None = None,
                  ctype: str = "") -> bytes:
         req = urllib.request.Request(self.url + path, data=body)
-        req.add_header("Authorization", f"Bearer {self.token}")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
         if ctype:
             req.add_header("Content-Type", ctype)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with urllib.request.urlopen(req, timeout=self.timeout,
+                                        context=self.ssl_context) as resp:
                 return resp.read()
         except urllib.error.HTTPError as err:
             raw = err.read()

@@ -116,8 +116,19 @@ def parse(text: str, source: str = "<string>") -> Config:
             raise ConfigError(source, section, "expected a table")
         built[section] = cls(**_section(source, section, table, fields))
     cfg = Config(source=source, **built)
+    _check_tls(cfg)
     _check_listen(cfg)
     return cfg
+
+
+def _check_tls(cfg: Config) -> None:
+    api = cfg.api
+    if (api.tls_cert is None) != (api.tls_key is None):
+        key = "api.tls_key" if api.tls_key is None else "api.tls_cert"
+        raise ConfigError(cfg.source, key, "tls_cert and tls_key go together")
+    if api.tls_client_ca is not None and api.tls_cert is None:
+        raise ConfigError(cfg.source, "api.tls_client_ca", "mutual TLS needs "
+                          "tls_cert and tls_key too")
 
 
 def _check_listen(cfg: Config) -> None:

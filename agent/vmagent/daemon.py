@@ -21,6 +21,7 @@ from vmagent import config as config_mod
 from vmagent import tokens as tokens_mod
 from vmagent._version import __version__
 from vmagent.errors import ConfigError, VmagentError
+from vmagent.fsutil import write_atomically
 from vmagent.health import assess
 from vmagent.identity import load_or_create_host_id, read_boot_id
 from vmagent.keys import HostKey
@@ -29,6 +30,7 @@ from vmagent.probes import VM, Prober
 from vmagent.sdnotify import Notifier
 from vmagent.wal import Wal
 
+DROPPED_FILE = "dropped_consumers"
 INVENTORY_EVERY_S = 60.0
 CLOCK_STEP_NS = 1_000_000_000  # wall clock moved 1 s more than monotonic
 SCHEMA = 1
@@ -46,6 +48,7 @@ class Agent:
         self.log = get_logger(host=self.host_id)
         self.key = HostKey.load_or_create(state)
         self.tokens, created = tokens_mod.load_or_create(cfg.tokens_file)
+        self.dropped = load_dropped(state)
         if created:
             self.log.warning("tokens_file_created", path=str(cfg.tokens_file),
                              consumer=tokens_mod.DEFAULT_CONSUMER)
@@ -70,8 +73,24 @@ class Agent:
         self._last_inventory = 0.0
         self._known: dict[str, VM] = {}  # gen -> VM
 
-    def _consumers(self) -> list[str]:
+    def consumers(self) -> list[str]:
+        """Everyone who may pull: token holders and ``[api] consumers``."""
         return sorted(set(self.tokens.consumers) | set(self.cfg.api.consumers))
+
+    def _consumers(self) -> list[str]:
+        """The consumers whose acks hold WAL data (dropped ones do not)."""
+        return [c for c in self.consumers() if c not in self.dropped]
+
+    def drop_consumer(self, name: str) -> None:
+        """A dead consumer stops holding WAL data, for good (it is written to
+        ``<state_dir>/dropped_consumers``; delete the line to undo)."""
+        if name not in self.consumers():
+            raise VmagentError(f"no consumer {name!r}")
+        with self.lock:
+            self.dropped.add(name)
+            save_dropped(self.cfg.agent.state_dir, self.dropped)
+            self.wal.set_consumers(self._consumers())
+        self.log.warning("consumer_dropped", consumer=name)
 
     # --- the sweep ----------------------------------------------------------
 
@@ -240,6 +259,7 @@ class Agent:
             "probes": {"kvm_debugfs": self._debugfs_readable()},
             "wal": {k: v for k, v in wal.items() if k != "acked"},
             "consumers": consumers, "errors": list(self.errors),
+            "dropped_consumers": sorted(self.dropped),
         }
         doc["health"] = assess(doc)
         return doc
@@ -253,3 +273,16 @@ class Agent:
         return (f"{s.get('vms', 0)} VMs, last sweep "
                 f"{s.get('duration_s', 0) * 1000:.1f} ms, WAL seq "
                 f"{self.wal.durable_seq}")
+
+
+def load_dropped(state_dir: Path) -> set[str]:
+    try:
+        text = (state_dir / DROPPED_FILE).read_text()
+    except FileNotFoundError:
+        return set()
+    return {line.strip() for line in text.splitlines() if line.strip()}
+
+
+def save_dropped(state_dir: Path, names: set[str]) -> None:
+    write_atomically(state_dir / DROPPED_FILE,
+                     "".join(f"{n}\n" for n in sorted(names)), mode=0o600)

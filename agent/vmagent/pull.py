@@ -22,6 +22,8 @@ from vmagent.collector import (
     unexplained,
     verify_batch,
 )
+from vmagent.api.tls import client_context
+from vmagent.errors import StateError
 from vmagent.keys import load_public_key
 from vmagent.show import record_line
 
@@ -29,12 +31,21 @@ FOLLOW_WAIT_S = 30.0
 
 
 def pull(args: argparse.Namespace) -> int:
-    token = Path(args.token_file).read_text().strip()
+    if not args.token_file and not args.cert:
+        raise StateError("give --token-file, or --cert and --key for mutual "
+                         "TLS")
+    token = Path(args.token_file).read_text().strip() if args.token_file \
+        else None
+    context = None
+    if args.url.startswith("https:"):
+        context = client_context(
+            *(Path(p) if p else None for p in (args.cacert, args.cert,
+                                               args.key)))
     key = load_public_key(Path(args.pubkey)) if args.pubkey else None
     if key is None:
         print("vmagent pull: no --pubkey: signatures are NOT checked",
               file=sys.stderr)
-    client = Client(args.url, args.consumer, token)
+    client = Client(args.url, args.consumer, token, ssl_context=context)
     state = ChainState(last_seq=args.after or 0)
     after: int | None = args.after
     reported: set[tuple[int, int]] = set()

@@ -12,6 +12,8 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vmagent.errors import VmagentError
+
 if TYPE_CHECKING:
     from vmagent.daemon import Agent
 
@@ -51,20 +53,33 @@ class _Handler(socketserver.StreamRequestHandler):
     server: ControlServer
 
     def handle(self) -> None:
-        line = self.rfile.readline(256).strip()
-        if line == b"status":
-            reply = self.server.agent.status()
+        words = self.rfile.readline(256).decode("utf-8", "replace").split()
+        agent = self.server.agent
+        reply: dict[str, Any]
+        if words == ["status"]:
+            reply = agent.status()
+        elif len(words) == 2 and words[0] == "drop":
+            try:
+                agent.drop_consumer(words[1])
+                reply = {"dropped": words[1]}
+            except VmagentError as err:
+                reply = {"error": str(err)}
         else:
-            reply = {"error": f"unknown command {line[:40]!r}"}
+            reply = {"error": f"unknown command {' '.join(words)[:40]!r}"}
         self.wfile.write(json.dumps(reply, default=repr).encode() + b"\n")
 
 
 def query_status(state_dir: Path, timeout: float = 10.0) -> dict[str, Any]:
     """The running agent's status document; OSError if none answers."""
+    return ask(state_dir, "status", timeout)
+
+
+def ask(state_dir: Path, command: str, timeout: float = 10.0) -> dict[str, Any]:
+    """Send one command line to the running agent; OSError if none answers."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(str(state_dir / SOCKET_NAME))
-        s.sendall(b"status\n")
+        s.sendall(command.encode() + b"\n")
         chunks = []
         while True:
             data = s.recv(65536)

@@ -8,8 +8,10 @@ WAL except a well-formed ack.
 
 from __future__ import annotations
 
-import socket
+import contextlib
 import json
+import socket
+import ssl
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,8 +20,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import msgpack
 
+from vmagent.api import tls
+from vmagent.api.guard import ConnectionGuard
 from vmagent.api.metrics import render
-from vmagent.errors import ConfigError
 from vmagent.wal import CursorError
 
 if TYPE_CHECKING:
@@ -44,17 +47,19 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 class ApiServer(ThreadingHTTPServer):
+    """Plain HTTP or TLS; the TLS handshake runs in the connection's own
+    thread, so a client that never finishes it holds up nobody else."""
+
     daemon_threads = True
     block_on_close = False
 
     def __init__(self, agent: Agent) -> None:
         host, port = parse_listen(agent.cfg.api.listen)
-        if agent.cfg.api.tls_cert is not None:
-            raise ConfigError(agent.cfg.source, "api.tls_cert", "TLS is not "
-                              "supported by this version yet")
         if ":" in host:
             self.address_family = socket.AF_INET6
         self.agent = agent
+        self.tls = tls.server_context(agent.cfg)
+        self.guard = ConnectionGuard()
         super().__init__((host, port), Handler)
 
     def start(self) -> threading.Thread:
@@ -62,6 +67,48 @@ class ApiServer(ThreadingHTTPServer):
                                   daemon=True)
         thread.start()
         return thread
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.guard.admit():  # every slot taken: refuse at once
+            with contextlib.suppress(OSError):
+                request.sendall(BUSY)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.guard.release()
+            raise
+
+    def process_request_thread(self, request: Any,
+                               client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.guard.release()
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(self.guard.header_timeout)
+        try:
+            conn = self.tls.wrap_socket(request, server_side=True)
+        except (OSError, ssl.SSLError):
+            return  # no certificate, a foreign CA, or no handshake at all
+        try:
+            super().finish_request(conn, client_address)
+        finally:
+            conn.close()
+
+    def server_close(self) -> None:
+        self.guard.close()
+        super().server_close()
+
+
+BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json"
+        b"\r\nContent-Length: 33\r\nConnection: close\r\n\r\n"
+        b'{"error": "too many connections"}')
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -72,6 +119,19 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # errors are logged by the agent, not per request
+
+    def handle_one_request(self) -> None:
+        # the request line and headers must arrive within the deadline
+        self.server.guard.watch(self.connection)
+        try:
+            super().handle_one_request()
+        finally:
+            self.server.guard.unwatch(self.connection)
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()  # reads the headers
+        self.server.guard.unwatch(self.connection)
+        return ok
 
     # --- dispatch -----------------------------------------------------------
 
@@ -93,6 +153,9 @@ class Handler(BaseHTTPRequestHandler):
                   "/v1/status": ("GET", self._status),
                   "/metrics": ("GET", self._metrics)}
         try:
+            if not self.server.guard.allow(self.client_address[0]):
+                raise ApiError(HTTPStatus.TOO_MANY_REQUESTS, "too many "
+                               "requests from this address; slow down")
             if url.path not in routes:
                 raise ApiError(HTTPStatus.NOT_FOUND, f"no such endpoint "
                                f"{url.path!r}")
@@ -122,6 +185,15 @@ class Handler(BaseHTTPRequestHandler):
     # --- request parsing ----------------------------------------------------
 
     def _authenticate(self) -> str:
+        """The consumer this request speaks for: the CN of a verified client
+        certificate (mutual TLS), else the owner of the bearer token."""
+        agent = self.server.agent
+        cn = tls.peer_common_name(self.connection)
+        if cn is not None:
+            if cn not in agent.consumers():
+                raise ApiError(HTTPStatus.FORBIDDEN, f"certificate CN {cn!r} "
+                               "is not a consumer")
+            return cn
         header = self.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -248,7 +320,11 @@ class Handler(BaseHTTPRequestHandler):
         if int(length) > MAX_BODY:
             raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                            f"body over {MAX_BODY} bytes")
-        raw = self.rfile.read(int(length))
+        self.server.guard.watch(self.connection)  # the body too, in time
+        try:
+            raw = self.rfile.read(int(length))
+        finally:
+            self.server.guard.unwatch(self.connection)
         ctype = self.headers.get("Content-Type", "").split(";")[0].strip()
         try:
             if ctype == "application/msgpack":
