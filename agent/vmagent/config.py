@@ -51,6 +51,7 @@ class ApiConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    client_timeout_s: float = 10.0  # headers (or body) in time, idle limit
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,9 @@ def _check_listen(cfg: Config) -> None:
                           "(api.tls_cert and api.tls_key)")
 
 
+_FIELD_NAMES = {"interval": "interval_s", "client_timeout": "client_timeout_s"}
+
+
 def _section(source: str, section: str, table: dict[str, Any],
              fields: dict[str, Callable[[Any], Any]]) -> dict[str, Any]:
     out = {}
@@ -153,8 +157,7 @@ def _section(source: str, section: str, table: dict[str, Any],
             raise ConfigError(source, name, f"unknown key; expected one of "
                               f"{', '.join(fields)}")
         try:
-            out[key if key != "interval" else "interval_s"] = \
-                fields[key](value)
+            out[_FIELD_NAMES.get(key, key)] = fields[key](value)
         except (TypeError, ValueError) as err:
             raise ConfigError(source, name, str(err)) from None
     return out
@@ -242,7 +245,8 @@ _SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
                             "interval": parse_duration}),
     "api": (ApiConfig, {"listen": _listen, "tokens_file": _path,
                         "consumers": _names, "tls_cert": _path,
-                        "tls_key": _path, "tls_client_ca": _path}),
+                        "tls_key": _path, "tls_client_ca": _path,
+                        "client_timeout": parse_duration}),
     "wal": (WalConfig, {"max_bytes": parse_size,
                         "segment_bytes": _segment_size}),
     "probes": (ProbesConfig, {"procfs": _abs_path, "sysfs": _abs_path,

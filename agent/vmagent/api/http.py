@@ -52,6 +52,7 @@ class ApiServer(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 128
 
     def __init__(self, agent: Agent) -> None:
         host, port = parse_listen(agent.cfg.api.listen)
@@ -59,7 +60,8 @@ class ApiServer(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         self.agent = agent
         self.tls = tls.server_context(agent.cfg)
-        self.guard = ConnectionGuard()
+        self.guard = ConnectionGuard(
+            header_timeout=agent.cfg.api.client_timeout_s)
         super().__init__((host, port), Handler)
 
     def start(self) -> threading.Thread:
@@ -119,6 +121,17 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # errors are logged by the agent, not per request
+
+    def send_error(self, code: int, message: str | None = None,
+                   explain: str | None = None) -> None:
+        """Errors found while parsing the request: JSON like every other
+        error, with a status line even for HTTP/0.9-looking requests."""
+        if self.request_version == "HTTP/0.9" or not hasattr(self, "command"):
+            self.request_version = "HTTP/1.1"
+        self.command = getattr(self, "command", None) or "GET"
+        text = message or HTTPStatus(code).phrase
+        self._reply(code, "application/json",
+                    json.dumps({"error": text}).encode())
 
     def handle_one_request(self) -> None:
         # the request line and headers must arrive within the deadline
