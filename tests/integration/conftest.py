@@ -51,6 +51,17 @@ def prober() -> Iterator[Prober]:
         yield p
 
 
+def wait_until(pred, timeout: float = 30.0):  # noqa: ANN001, ANN201
+    """Poll ``pred`` until it returns something true; that value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise TimeoutError(f"condition not met in {timeout}s")
+
+
 def wait_for_vm(prober: Prober, pid: int, timeout: float = 30.0) -> VM:
     """Discover until the VM with ``pid`` is metered with all its vCPUs."""
     deadline = time.monotonic() + timeout

@@ -13,17 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from integration.agent_process import AgentProcess
+from integration.conftest import wait_until
 from vmagent.collector import ChainState, verify_batch
 
 
-def wait_until(pred, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise TimeoutError("condition not met")
 
 
 @pytest.fixture(scope="module")

@@ -13,17 +13,10 @@ import time
 import msgpack
 import pytest
 
+from integration.conftest import wait_until
 from vmagent.collector import ChainState, PullError, verify_batch
 
 
-def wait_until(pred, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise TimeoutError("condition not met")
 
 
 def pull_all(agent, consumer="default", after=0):

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from integration.conftest import wait_until
 from integration.guests import new_uuid
 from vmagent.collector import ChainState, PullError, verify_batch
 
@@ -57,13 +58,6 @@ def names_seen(store: dict[int, dict]) -> set[str]:
     return {r["vm"]["name"] for r in store.values() if r["kind"] == "sample"}
 
 
-def wait_for(pred, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise TimeoutError
 
 
 def test_collector_holds_everything_across_vm_churn_and_agent_kills(
@@ -74,7 +68,7 @@ def test_collector_holds_everything_across_vm_churn_and_agent_kills(
     running = [guests(name="churn-0", uuid=new_uuid())]
     for i in range(1, 6):
         running.append(guests(name=f"churn-{i}", uuid=new_uuid()))
-        wait_for(lambda i=i: f"churn-{i}" in names_seen(collector.store))
+        wait_until(lambda i=i: f"churn-{i}" in names_seen(collector.store))
         running.pop(0).kill()
         a.stop(signal.SIGKILL)
         a.start()
@@ -83,7 +77,7 @@ def test_collector_holds_everything_across_vm_churn_and_agent_kills(
     dump = a.cli("wal", "dump", str(a.state / "wal"), "--json").stdout
     final_seq = json.loads(dump.splitlines()[-1])["seq"]
     a.start()  # serve the rest after the clean stop
-    wait_for(lambda: max(collector.store, default=0) >= final_seq)
+    wait_until(lambda: max(collector.store, default=0) >= final_seq)
     collector.stop.set()
     collector.join(timeout=30)
     assert collector.failure is None, collector.failure
