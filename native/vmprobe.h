@@ -132,6 +132,43 @@ int vmprobe_vm_read(struct vmprobe_vm *vm, struct vmprobe_reading *out);
 
 void vmprobe_vm_close(struct vmprobe_vm *vm);
 
+/* --- process accounting records (acct(5)), portable ----------------------- */
+
+#define VMPROBE_ACCT_LINUX_V3 1    /* struct acct_v3, 64 bytes */
+#define VMPROBE_ACCT_FREEBSD_V2 2  /* struct acctv2, 72 bytes */
+#define VMPROBE_ACCT_FREEBSD_V3 3  /* struct acctv3, 80 bytes */
+
+/* One accounting record, in the units of the record schema. */
+struct vmprobe_acct {
+    char comm[17];          /* NUL-terminated */
+    int format;
+    uint32_t pid, ppid;     /* Linux only (has_pid) */
+    int has_pid;
+    uint32_t uid, gid;
+    int64_t btime;          /* start, Unix seconds */
+    uint64_t utime_us, stime_us, etime_us;
+    uint64_t mem_kb;        /* Linux: virtual size at exit; FreeBSD: average */
+    uint64_t io_blocks;     /* FreeBSD: blocks in + out (has_io) */
+    int has_io;
+    uint32_t flags;         /* the record's flag bits, as stored */
+    uint32_t exitcode;      /* Linux: do_exit() code (has_exit) */
+    int has_exit;
+};
+
+/* The record size of a format, or 0 for an unknown one. */
+size_t vmprobe_acct_record_size(int format);
+
+/* The format of a file from its first record(s); -1 (EINVAL) if neither
+ * FreeBSD's (version 2 or 3 with its lengths at both ends) nor Linux v3. */
+int vmprobe_acct_detect(const unsigned char *buf, size_t len);
+
+/* Parses whole records from buf into out (at most max).  Returns how many
+ * were stored; *consumed is the bytes used (whole records only: a partial
+ * last record is left), *skipped the records that failed validation. */
+size_t vmprobe_acct_parse(int format, const unsigned char *buf, size_t len,
+                          struct vmprobe_acct *out, size_t max,
+                          size_t *consumed, size_t *skipped);
+
 /* cdef-end */
 
 /* --- internal helpers shared between the C files (not in the cdef) -------- */

@@ -86,6 +86,24 @@ def _parser() -> argparse.ArgumentParser:
     drop.add_argument("-c", "--config", metavar="FILE")
     drop.set_defaults(func=cmd_consumer_drop)
 
+    acct = sub.add_parser("acct", help="report process accounting records "
+                          "(acct(5)), oneacct-like")
+    acct.add_argument("file", metavar="FILE")
+    acct.add_argument("--format", choices=("linux", "freebsd"),
+                      help="override the detected format")
+    acct.add_argument("-s", "--start", metavar="START",
+                      help="only runs that end at or after START (ISO 8601, "
+                           "or month/day/year hour:minute:second local)")
+    acct.add_argument("-e", "--end", metavar="END",
+                      help="only runs that start at or before END")
+    acct.add_argument("-u", "--user", metavar="USER", help="name or uid")
+    acct.add_argument("--vms", action="store_true",
+                      help="only hypervisor processes (QEMU, bhyve, ...)")
+    out = acct.add_mutually_exclusive_group()
+    for flag in ("--json", "--csv", "--xml"):
+        out.add_argument(flag, action="store_true")
+    acct.set_defaults(func=cmd_acct)
+
     key = sub.add_parser("key", help="the host's signing key")
     key_sub = key.add_subparsers(dest="key_command", metavar="ACTION",
                                  required=True)
@@ -199,6 +217,34 @@ def cmd_consumer_drop(args: argparse.Namespace) -> int:
     if "error" in reply:
         raise StateError(reply["error"])
     print(f"dropped consumer {args.name}: it no longer holds WAL data")
+    return 0
+
+
+def cmd_acct(args: argparse.Namespace) -> int:
+    from vmagent.acct import report
+    from vmagent.acct.records import read_file
+
+    try:
+        start = report.parse_time(args.start) if args.start else None
+        end = report.parse_time(args.end) if args.end else None
+        uid = report.parse_user(args.user) if args.user else None
+    except report.UsageError as err:
+        print(f"vmagent acct: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    parsed = read_file(Path(args.file), args.format)
+    if parsed.skipped:
+        print(f"vmagent acct: warning: {parsed.skipped} records that are not "
+              f"valid {parsed.format} records were skipped", file=sys.stderr)
+    size = Path(args.file).stat().st_size
+    if size > parsed.consumed:
+        print(f"vmagent acct: warning: {size - parsed.consumed} bytes at the "
+              "end are not a whole record (a write in progress?)",
+              file=sys.stderr)
+    records = report.select(parsed.records, start, end, uid, args.vms)
+    writer = (report.to_json if args.json else report.to_csv if args.csv
+              else report.to_xml if args.xml else report.to_table)
+    text = writer(records)
+    print(text, end="" if text.endswith("\n") else "\n")
     return 0
 
 

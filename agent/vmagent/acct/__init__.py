@@ -1,0 +1,2 @@
+"""Process accounting (acct(5)): the records the kernel writes when a
+process exits -- the authoritative close-out of a VM's CPU and lifetime."""
