@@ -1,0 +1,74 @@
+"""Real process accounting on Linux: a KVM guest run in a child pid
+namespace with its own ``accton`` (accounting is per pid namespace, so the
+host's is never touched), killed, and its record read back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from integration.conftest import wait_until
+from vmagent.acct.records import read_file
+
+pytestmark = pytest.mark.realguest
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def host_pid_of(marker: str) -> int | None:
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                cmd = Path(f"/proc/{p}/cmdline").read_bytes()
+                comm = Path(f"/proc/{p}/comm").read_text()
+            except OSError:
+                continue
+            if marker.encode() in cmd and comm.startswith("qemu-system"):
+                return int(p)
+    return None
+
+
+def cpu_ticks(pid: int) -> int:
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(f[11]) + int(f[12])
+
+
+def test_a_killed_kvm_guest_is_accounted_by_the_kernel(tmp_path):
+    acct = tmp_path / "pacct"
+    acct.touch()
+    marker = f"acct-{uuid.uuid4().hex[:8]}"
+    script = (f"accton {acct} >/dev/null && "
+              f"qemu-system-x86_64 -accel kvm -m 64 -smp 1 -nodefaults "
+              f"-nographic -serial none -monitor none "
+              f"-name guest={marker},debug-threads=on & "
+              f"echo $! > {tmp_path}/nspid; wait; accton off >/dev/null")
+    ns = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc",
+                           "sh", "-c", script])
+    pid = None
+    try:
+        pid = wait_until(lambda: host_pid_of(marker))
+        time.sleep(2)  # let it run: firmware keeps a vCPU busy or halted
+        last = cpu_ticks(pid)  # the last /proc reading, then at once:
+        os.kill(pid, signal.SIGKILL)
+        ns.wait(timeout=60)
+    finally:
+        if ns.poll() is None:
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+            ns.kill()
+            ns.wait()
+    parsed = read_file(acct)
+    assert parsed.format == "linux" and parsed.skipped == 0
+    [rec] = [r for r in parsed.records if r.command.startswith("qemu-system")]
+    assert rec.pid == int((tmp_path / "nspid").read_text())  # ns-local pid
+    assert rec.exit == {"signal": 9}
+    assert "AXSIG" in rec.flags
+    runtime_s = rec.elapsed_us / 1e6
+    total = (rec.cpu_user_us + rec.cpu_system_us) * TICK / 1_000_000
+    assert abs(total - last) <= max(1.0, runtime_s)  # a tick per second
+    assert abs(rec.start_s + runtime_s - time.time()) < 60
