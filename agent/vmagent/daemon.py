@@ -11,6 +11,7 @@ ones if the new are invalid.
 from __future__ import annotations
 
 import collections
+import json
 import signal
 import threading
 import time
@@ -22,15 +23,21 @@ from vmagent import tokens as tokens_mod
 from vmagent._version import __version__
 from vmagent.errors import ConfigError, VmagentError
 from vmagent.fsutil import write_atomically
+from vmagent.acct.follower import AcctFollower
+from vmagent.acct.matching import acct_fields, candidates
+from vmagent.acct.report import HYPERVISORS
+from vmagent.exits import ExitWatcher
 from vmagent.health import assess
 from vmagent.identity import load_or_create_host_id, read_boot_id
 from vmagent.keys import HostKey
 from vmagent.log import get_logger
-from vmagent.probes import VM, Prober
+from vmagent.probes import VM, Prober, VMRef
 from vmagent.sdnotify import Notifier
 from vmagent.wal import Wal
 
 DROPPED_FILE = "dropped_consumers"
+VMS_FILE = "vms.json"
+ENDED_KEPT_S = 86400.0  # exited gens stay matchable by accounting a day
 INVENTORY_EVERY_S = 60.0
 CLOCK_STEP_NS = 1_000_000_000  # wall clock moved 1 s more than monotonic
 SCHEMA = 1
@@ -72,6 +79,15 @@ class Agent:
         self._clock_offset: int | None = None
         self._last_inventory = 0.0
         self._known: dict[str, VM] = {}  # gen -> VM
+        self._last_sample: dict[str, dict[str, Any]] = {}  # gen -> sample
+        self._ended: dict[str, tuple[float, VM]] = {}  # exited: when, VM
+        self._previous = load_vms(state)  # running at the last stop
+        self.acct = AcctFollower(Path(cfg.probes.acct_file),
+                                 state / "acct.position")
+        self.acct_counts = {"matched": 0, "unmatched": 0, "ambiguous": 0}
+        self._exited: set[int] = set()  # pids reported by the watcher
+        self.exit_event = threading.Event()
+        self.exits = ExitWatcher(self._on_exit)
 
     def consumers(self) -> list[str]:
         """Everyone who may pull: token holders and ``[api] consumers``."""
@@ -112,6 +128,8 @@ class Agent:
             with self.committed:
                 done = self.wal.commit(records)
                 self.committed.notify_all()
+        if done is not None or not records:
+            self.acct.save()  # what was read from it is durable now
         duration = time.perf_counter() - started
         n = len(self._known)
         self.sweeps += 1
@@ -126,22 +144,87 @@ class Agent:
         new = self.prober.discover()
         for vm in new:
             self._known[vm.ref.gen] = vm
+            self.exits.watch(vm.pid)
             out.append({"kind": "vm_start", "t": t, "vm": vm.ref.as_record()})
+        out += self._stopped_while_down(t)
         sweep = self.prober.sample()
-        out += [{"kind": "sample", "t": t, **s} for _, s in sweep.samples]
+        for vm, sample in sweep.samples:
+            self._last_sample[vm.ref.gen] = sample
+            out.append({"kind": "sample", "t": t, **sample})
         for vm in sweep.gone:
-            self._known.pop(vm.ref.gen, None)
-            out.append({"kind": "vm_stop", "t": t, "vm": vm.ref.as_record(),
-                        "exit": {"source": "poll"}})
+            out.append(self._vm_stop(t, vm))
         for vm, reason in sweep.failed:
             self.error("vm_sample_failed", reason, vm=vm.ref.name)
+        out += self._acct_records(t)
         if new or sweep.gone or \
                 time.monotonic() - self._last_inventory >= INVENTORY_EVERY_S:
             self._last_inventory = time.monotonic()
             out.append({"kind": "inventory", "t": t, "vms": [
                 {"uuid": v.ref.uuid, "gen": v.ref.gen, "name": v.ref.name}
                 for v in self._known.values()]})
+        if new or sweep.gone:
+            save_vms(self.cfg.agent.state_dir, self._known.values())
         return out
+
+    def _vm_stop(self, t: int, vm: VM) -> dict[str, Any]:
+        """``vm_stop`` with the last counters read (the process's /proc
+        entries are gone by now: docs/records.md says what that means)."""
+        self._known.pop(vm.ref.gen, None)
+        self._ended[vm.ref.gen] = (time.monotonic(), vm)
+        source = "pidfd" if vm.pid in self._exited else "poll"
+        self._exited.discard(vm.pid)
+        last = self._last_sample.pop(vm.ref.gen, {})
+        rec = {"kind": "vm_stop", "t": t, "vm": vm.ref.as_record(),
+               "exit": {"source": source}}
+        rec.update({k: v for k, v in last.items() if k != "vm"})
+        return rec
+
+    def _stopped_while_down(self, t: int) -> list[dict[str, Any]]:
+        """VMs running when the agent last ran that are gone now."""
+        if not self._previous:
+            return []
+        out = []
+        running = set(self._known)
+        for gen, vm in self._previous.items():
+            if gen not in running:
+                self._ended[gen] = (time.monotonic(), vm)
+                out.append({"kind": "vm_stop", "t": t,
+                            "vm": vm.ref.as_record(),
+                            "exit": {"source": "restart"}})
+        self._previous = {}
+        return out
+
+    def _acct_records(self, t: int) -> list[dict[str, Any]]:
+        """``vm_acct`` for the accounting records that close a VM gen."""
+        self._forget_old_ends()
+        gens = list(self._known.values()) + [vm for _, vm in
+                                             self._ended.values()]
+        out = []
+        for rec in self.acct.poll():
+            found = candidates(rec, gens)
+            if len(found) == 1:
+                self.acct_counts["matched"] += 1
+                out.append({"kind": "vm_acct", "t": t,
+                            "vm": found[0].ref.as_record(),
+                            "acct": acct_fields(rec)})
+            elif HYPERVISORS.fullmatch(rec.command):
+                key = "ambiguous" if found else "unmatched"
+                self.acct_counts[key] += 1
+                self.log.warning("acct_" + key, command=rec.command,
+                                 pid=rec.pid, start_s=rec.start_s)
+        return out
+
+    def _forget_old_ends(self) -> None:
+        horizon = time.monotonic() - ENDED_KEPT_S
+        for gen in [g for g, (when, _) in self._ended.items()
+                    if when < horizon]:
+            del self._ended[gen]
+
+    def _on_exit(self, pid: int) -> None:
+        """From the exit watcher's thread: sweep now, not at the boundary."""
+        self._exited.add(pid)
+        self.exit_event.set()
+        self.wake.set()
 
     def _clock_step(self, t: int) -> list[dict[str, Any]]:
         """A ``clock_step`` record when the wall clock moved against the
@@ -205,7 +288,8 @@ class Agent:
             if self.reload_requested.is_set():
                 self.reload()
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or self.exit_event.is_set():
+                self.exit_event.clear()
                 return True
             ping = self.notifier.watchdog_s
             if ping is not None:
@@ -256,10 +340,18 @@ class Agent:
             "interval_s": self.cfg.agent.interval_s,
             "sweeps": self.sweeps, "last_sweep": self.last_sweep,
             "vms": len(self._known),
-            "probes": {"kvm_debugfs": self._debugfs_readable()},
+            "probes": {"kvm_debugfs": self._debugfs_readable(),
+                       "acct": self.acct.path.exists(),
+                       "exit_watch": "pidfd" if self.exits.available
+                       else "poll"},
             "wal": {k: v for k, v in wal.items() if k != "acked"},
             "consumers": consumers, "errors": list(self.errors),
             "dropped_consumers": sorted(self.dropped),
+            "acct": {"file": str(self.acct.path),
+                     "readable": self.acct.path.exists(),
+                     "format": self.acct.format,
+                     "skipped_records": self.acct.skipped,
+                     **self.acct_counts},
         }
         doc["health"] = assess(doc)
         return doc
@@ -286,3 +378,23 @@ def load_dropped(state_dir: Path) -> set[str]:
 def save_dropped(state_dir: Path, names: set[str]) -> None:
     write_atomically(state_dir / DROPPED_FILE,
                      "".join(f"{n}\n" for n in sorted(names)), mode=0o600)
+
+
+def save_vms(state_dir: Path, vms: Any) -> None:
+    """The running VM gens, so that a restart can tell which ended."""
+    doc = {vm.ref.gen: {"ref": vm.ref.as_record(), "pid": vm.pid,
+                        "start_ticks": vm.start_ticks,
+                        "start_ns": vm.start_ns, "comm": vm.comm,
+                        "uid": vm.uid} for vm in vms}
+    write_atomically(state_dir / VMS_FILE, json.dumps(doc), mode=0o600)
+
+
+def load_vms(state_dir: Path) -> dict[str, VM]:
+    try:
+        doc = json.loads((state_dir / VMS_FILE).read_text())
+        return {gen: VM(ref=VMRef(**d["ref"]), pid=d["pid"],
+                        start_ticks=d["start_ticks"], start_ns=d["start_ns"],
+                        comm=d["comm"], uid=d["uid"], vcpus=None,
+                        alloc_bytes=None) for gen, d in doc.items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}

@@ -85,6 +85,9 @@ class Prober:
         self.sysfs = sysfs_root
         self.debugfs = debugfs_root
         self.boot_id = read_boot_id(procfs_root)
+        # wall-clock time of boot: starttime ticks count from here
+        self._boot_ns = time.time_ns() - time.clock_gettime_ns(
+            time.CLOCK_BOOTTIME)
         self._seen: set[int] = set()
         self._metered: dict[int, _Metered] = {}
         self._vhost_owner: dict[int, int] = {}  # vhost kthread -> VM pid
@@ -192,6 +195,8 @@ class Prober:
             complete = True  # accept what there is rather than look forever
         return VM(
             ref=ref, pid=pid, start_ticks=stat.starttime,
+            start_ns=self._boot_ns + stat.starttime * NS_PER_TICK,
+            comm=stat.comm, uid=_real_uid(pdir),
             vcpus=qemu.vcpus, alloc_bytes=qemu.mem_bytes,
             nics=self._nics(pdir, links, qemu),
             disks=self._disks(pdir, links),
@@ -501,6 +506,16 @@ def _read_stat(pdir: str) -> procfs.Stat | None:
         return procfs.parse_stat(raw)
     except ValueError:
         return None
+
+
+def _real_uid(pdir: str) -> int | None:
+    """The real uid: first field of ``Uid:`` in /proc/<pid>/status."""
+    for line in (_read(f"{pdir}/status") or b"").splitlines():
+        if line.startswith(b"Uid:"):
+            fields = line.split()
+            return int(fields[1]) if len(fields) > 1 and \
+                fields[1].isdigit() else None
+    return None
 
 
 def _fd_links(pdir: str) -> dict[int, str]:

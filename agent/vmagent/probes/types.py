@@ -63,7 +63,10 @@ class VM:
 
     ref: VMRef
     pid: int
-    start_ticks: int
+    start_ticks: int  # the process's start, in the kernel's own clock
+    start_ns: int  # the same as Unix ns (for matching accounting records)
+    comm: str  # the process's command name (as accounting records it)
+    uid: int | None  # the real uid (FreeBSD accounting matches on it)
     vcpus: int | None  # configured vCPU count
     alloc_bytes: int | None  # configured guest memory
     nics: tuple[Nic, ...] = ()
