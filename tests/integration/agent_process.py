@@ -60,12 +60,14 @@ class AgentProcess:
         return subprocess.run([sys.executable, "-m", "vmagent.cli", *args],
                               capture_output=True, text=True, timeout=timeout)
 
-    def start(self, env: dict[str, str] | None = None) -> AgentProcess:
+    def start(self, env: dict[str, str] | None = None,
+              prefix: list[str] | None = None) -> AgentProcess:
+        """Start ``vmagent run`` (behind ``prefix``, e.g. nsenter)."""
         log = open(self.workdir / f"agent{self.starts}.log", "wb")  # noqa: SIM115
         self.starts += 1
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vmagent.cli", "run", "-c",
-             str(self.config)], stdout=log, stderr=log,
+            [*(prefix or []), sys.executable, "-m", "vmagent.cli", "run",
+             "-c", str(self.config)], stdout=log, stderr=log,
             env={**os.environ, **(env or {})})
         log.close()
         deadline = time.monotonic() + 60

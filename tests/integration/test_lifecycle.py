@@ -1,0 +1,122 @@
+"""VM lifecycle edges with real KVM guests and real process accounting, in a
+child pid namespace with its own ``accton`` (the host's accounting is never
+touched): the agent and the guests run inside it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from integration.agent_process import AgentProcess
+from integration.conftest import wait_until
+from integration.test_acct_real import cpu_ticks, host_pid_of
+
+pytestmark = pytest.mark.realguest
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+class Namespace:
+    """A pid (and mount, for /proc) namespace kept alive by a shell that
+    has turned accounting on into ``acct``."""
+
+    def __init__(self, acct: Path) -> None:
+        acct.touch()
+        self.init = subprocess.Popen(
+            ["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c",
+             f"accton {acct} >/dev/null; while :; do sleep 1; done"])
+        self.host_init = wait_until(self._find_init)
+
+    def _find_init(self) -> int | None:
+        for child in Path(f"/proc/{self.init.pid}/task/{self.init.pid}/"
+                          "children").read_text().split():
+            return int(child)  # unshare --fork: the namespace's pid 1
+        return None
+
+    def prefix(self) -> list[str]:
+        return ["nsenter", "-t", str(self.host_init), "-p", "-m", "--"]
+
+    def start_vm(self, name: str, workdir: Path) -> int:
+        log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115
+        subprocess.Popen([*self.prefix(), "qemu-system-x86_64", "-accel",
+                          "kvm", "-m", "64", "-smp", "1", "-nodefaults",
+                          "-nographic", "-serial", "none", "-monitor",
+                          "none", "-name", f"guest={name},debug-threads=on"],
+                         stdout=log, stderr=log)
+        log.close()
+        return wait_until(lambda: host_pid_of(name))
+
+    def close(self) -> None:
+        os.kill(self.host_init, signal.SIGKILL)  # takes the namespace down
+        self.init.wait(timeout=30)
+
+
+def terminate_in_namespace(a: AgentProcess) -> int:
+    """SIGTERM the agent itself, not nsenter in front of it."""
+    assert a.proc is not None
+    nsenter = a.proc.pid
+    agent = int(Path(f"/proc/{nsenter}/task/{nsenter}/children").read_text()
+                .split()[0])
+    os.kill(agent, signal.SIGTERM)
+    code = a.proc.wait(timeout=60)
+    a.proc = None
+    return code
+
+
+def records(a: AgentProcess) -> list[dict]:
+    out = a.cli("wal", "dump", str(a.state / "wal"), "--json").stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def of_kind(recs, kind, name):
+    return [r for r in recs if r["kind"] == kind and r["vm"]["name"] == name]
+
+
+def test_exits_are_closed_by_vm_stop_and_the_kernels_accounting(tmp_path):
+    ns = Namespace(tmp_path / "pacct")
+    a = AgentProcess(tmp_path / "agent", interval=2)
+    a.config.write_text(a.config.read_text()
+                        + f'[probes]\nacct_file = "{tmp_path / "pacct"}"\n')
+    first, second = (f"lc-{uuid.uuid4().hex[:6]}" for _ in range(2))
+    try:
+        a.start(prefix=ns.prefix())
+        pid1 = ns.start_vm(first, tmp_path)
+        wait_until(lambda: of_kind(records(a), "sample", first), timeout=60)
+        time.sleep(1)
+        last_proc = of_kind(records(a), "sample", first)[-1]
+        last_ticks = cpu_ticks(pid1)  # the last /proc reading, then at once:
+        os.kill(pid1, signal.SIGKILL)
+        # at once (pidfd), not at the next sweep; then the kernel's record
+        stop = wait_until(lambda: of_kind(records(a), "vm_stop", first))
+        assert stop[0]["exit"]["source"] == "pidfd"
+        assert stop[0]["cpu"]["total_ns"] >= last_proc["cpu"]["total_ns"]
+        [acct] = wait_until(lambda: of_kind(records(a), "vm_acct", first))
+        fields = acct["acct"]
+        assert fields["match"] == "pid+start"
+        assert fields["exit"] == {"signal": 9}
+        runtime_s = fields["elapsed_us"] / 1e6
+        kernel_ticks = (fields["cpu_user_us"] + fields["cpu_system_us"]) \
+            * TICK / 1e6
+        assert abs(kernel_ticks - last_ticks) <= max(1.0, runtime_s)
+
+        # the agent is down while a VM exits: closed on restart
+        pid2 = ns.start_vm(second, tmp_path)
+        wait_until(lambda: of_kind(records(a), "sample", second), timeout=60)
+        assert terminate_in_namespace(a) == 0
+        os.kill(pid2, signal.SIGKILL)
+        time.sleep(0.5)
+        a.start(prefix=ns.prefix())
+        [stop2] = wait_until(lambda: of_kind(records(a), "vm_stop", second))
+        assert stop2["exit"]["source"] == "restart"
+        [acct2] = wait_until(lambda: of_kind(records(a), "vm_acct", second))
+        assert acct2["acct"]["exit"] == {"signal": 9}
+        assert a.cli("wal", "verify", str(a.state / "wal")).returncode == 0
+    finally:
+        a.kill()
+        ns.close()
