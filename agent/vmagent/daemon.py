@@ -30,6 +30,7 @@ from vmagent.exits import ExitWatcher
 from vmagent.health import assess
 from vmagent.identity import load_or_create_host_id, read_boot_id
 from vmagent.keys import HostKey
+from vmagent.links import LinkWatcher
 from vmagent.log import get_logger
 from vmagent.probes import VM, Prober, VMRef
 from vmagent.sdnotify import Notifier
@@ -38,6 +39,7 @@ from vmagent.wal import Wal
 DROPPED_FILE = "dropped_consumers"
 VMS_FILE = "vms.json"
 ENDED_KEPT_S = 86400.0  # exited gens stay matchable by accounting a day
+LINK_WAIT_S = 0.5  # for a deleted tap's RTM_DELLINK after its VM exited
 INVENTORY_EVERY_S = 60.0
 CLOCK_STEP_NS = 1_000_000_000  # wall clock moved 1 s more than monotonic
 SCHEMA = 1
@@ -88,6 +90,7 @@ class Agent:
         self._exited: set[int] = set()  # pids reported by the watcher
         self.exit_event = threading.Event()
         self.exits = ExitWatcher(self._on_exit)
+        self.links = LinkWatcher(cfg.probes.sysfs)
 
     def consumers(self) -> list[str]:
         """Everyone who may pull: token holders and ``[api] consumers``."""
@@ -174,10 +177,19 @@ class Agent:
         source = "pidfd" if vm.pid in self._exited else "poll"
         self._exited.discard(vm.pid)
         last = self._last_sample.pop(vm.ref.gen, {})
-        rec = {"kind": "vm_stop", "t": t, "vm": vm.ref.as_record(),
-               "exit": {"source": source}}
+        rec: dict[str, Any] = {"kind": "vm_stop", "t": t,
+                               "vm": vm.ref.as_record(),
+                               "exit": {"source": source}}
         rec.update({k: v for k, v in last.items() if k != "vm"})
+        if "nics" in rec:  # the taps' own last counters, where there are
+            rec["nics"] = [self._final_nic(n, source) for n in rec["nics"]]
         return rec
+
+    def _final_nic(self, nic: dict[str, Any], source: str) -> dict[str, Any]:
+        # right after a pidfd exit the RTM_DELLINK may still be on its way
+        final = self.links.final(nic["name"],
+                                 LINK_WAIT_S if source == "pidfd" else 0)
+        return {**nic, **final} if final else nic
 
     def _stopped_while_down(self, t: int) -> list[dict[str, Any]]:
         """VMs running when the agent last ran that are gone now."""
@@ -273,6 +285,8 @@ class Agent:
         self.notifier.send(stopping="1")
         self.sweep(last=True)
         self.wal.close()
+        self.exits.close()
+        self.links.close()
         self.log.info("agent_stopped")
         return 0
 
@@ -341,6 +355,7 @@ class Agent:
             "sweeps": self.sweeps, "last_sweep": self.last_sweep,
             "vms": len(self._known),
             "probes": {"kvm_debugfs": self._debugfs_readable(),
+                       "link_events": self.links.available,
                        "acct": self.acct.path.exists(),
                        "exit_watch": "pidfd" if self.exits.available
                        else "poll"},

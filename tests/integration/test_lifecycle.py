@@ -120,3 +120,63 @@ def test_exits_are_closed_by_vm_stop_and_the_kernels_accounting(tmp_path):
     finally:
         a.kill()
         ns.close()
+
+
+def test_a_taps_final_counters_reach_vm_stop_from_rtm_dellink(agent, tmp_path):
+    """QEMU creates the tap, so it goes with QEMU; frames sent after the
+    last sample are in the vm_stop, exactly as the kernel's RTM_DELLINK."""
+    import threading
+
+    from pyroute2 import IPRoute
+
+    from integration.guests import send_frames
+
+    tap = f"vmd{os.getpid() % 100000}"
+    seen: dict[str, dict] = {}
+    bound = threading.Event()
+
+    def listen() -> None:  # pyroute2 sockets belong to their thread
+        ipr = IPRoute()
+        ipr.bind()
+        bound.set()
+        while "final" not in seen:
+            for msg in ipr.get():
+                if msg.get("event") == "RTM_DELLINK" and \
+                        msg.get_attr("IFLA_IFNAME") == tap:
+                    seen["final"] = dict(msg.get_attr("IFLA_STATS64"))
+
+    threading.Thread(target=listen, daemon=True).start()
+    bound.wait(10)
+    a = agent(interval=2)
+    name = f"dl-{uuid.uuid4().hex[:6]}"
+    qemu = subprocess.Popen(
+        ["qemu-system-x86_64", "-accel", "kvm", "-m", "64", "-nodefaults",
+         "-nographic", "-serial", "none", "-monitor", "none",
+         "-name", f"guest={name},debug-threads=on",
+         "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
+         "-device", "virtio-net-pci,netdev=n0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: [s for s in of_kind(records(a), "sample", name)
+                            if s["nics"]], timeout=60)
+        Path(f"/proc/sys/net/ipv6/conf/{tap}/disable_ipv6").write_text("1")
+        subprocess.run(["ip", "link", "set", tap, "up"], check=True)
+        time.sleep(2.5)  # a sample of the tap up, then frames after it
+        last = of_kind(records(a), "sample", name)[-1]["nics"][0]
+        send_frames(tap, 1500, 200)
+        qemu.kill()
+        qemu.wait(timeout=30)
+        [stop] = wait_until(lambda: of_kind(records(a), "vm_stop", name))
+        final = wait_until(lambda: seen.get("final"))
+    finally:
+        if qemu.poll() is None:
+            qemu.kill()
+            qemu.wait()
+    [nic] = stop["nics"]
+    assert nic["name"] == tap
+    assert nic["rx_packets"] == final["tx_packets"]
+    assert nic["rx_drops"] == final["tx_dropped"]
+    assert nic["rx_bytes"] == final["tx_bytes"]
+    assert nic["tx_packets"] == final["rx_packets"]
+    assert nic["rx_packets"] + nic["rx_drops"] > \
+        last["rx_packets"] + last["rx_drops"]
