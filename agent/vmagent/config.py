@@ -66,6 +66,7 @@ class ProbesConfig:
     sysfs: str = "/sys"
     debugfs: str = "/sys/kernel/debug"
     acct_file: str = DEFAULT_ACCT_FILE
+    rescan_s: float = 60.0  # every VM's devices looked at again (hotplug)
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,8 @@ def _check_listen(cfg: Config) -> None:
                           "(api.tls_cert and api.tls_key)")
 
 
-_FIELD_NAMES = {"interval": "interval_s", "client_timeout": "client_timeout_s"}
+_FIELD_NAMES = {"interval": "interval_s", "client_timeout": "client_timeout_s",
+                "rescan": "rescan_s"}
 
 
 def _section(source: str, section: str, table: dict[str, Any],
@@ -250,5 +252,6 @@ _SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
     "wal": (WalConfig, {"max_bytes": parse_size,
                         "segment_bytes": _segment_size}),
     "probes": (ProbesConfig, {"procfs": _abs_path, "sysfs": _abs_path,
-                              "debugfs": _abs_path, "acct_file": _abs_path}),
+                              "debugfs": _abs_path, "acct_file": _abs_path,
+                              "rescan": parse_duration}),
 }

@@ -33,6 +33,7 @@ from vmagent.keys import HostKey
 from vmagent.links import LinkWatcher
 from vmagent.log import get_logger
 from vmagent.probes import VM, Prober, VMRef
+from vmagent.probes.types import config_of
 from vmagent.sdnotify import Notifier
 from vmagent.wal import Wal
 
@@ -68,7 +69,8 @@ class Agent:
                        segment_bytes=cfg.wal.segment_bytes)
         self.prober = Prober(self.host_id, procfs_root=cfg.probes.procfs,
                              sysfs_root=cfg.probes.sysfs,
-                             debugfs_root=cfg.probes.debugfs)
+                             debugfs_root=cfg.probes.debugfs,
+                             rescan_s=cfg.probes.rescan_s)
         self.boot_id = read_boot_id(cfg.probes.procfs)
         self.started = time.time()
         self.stop_requested = threading.Event()
@@ -150,6 +152,7 @@ class Agent:
             self.exits.watch(vm.pid)
             out.append({"kind": "vm_start", "t": t, "vm": vm.ref.as_record()})
         out += self._stopped_while_down(t)
+        out += self._config_changes(t)
         sweep = self.prober.sample()
         for vm, sample in sweep.samples:
             self._last_sample[vm.ref.gen] = sample
@@ -167,6 +170,18 @@ class Agent:
                 for v in self._known.values()]})
         if new or sweep.gone:
             save_vms(self.cfg.agent.state_dir, self._known.values())
+        return out
+
+    def _config_changes(self, t: int) -> list[dict[str, Any]]:
+        """``vm_config`` for hotplugged vCPUs, memory, NICs and disks."""
+        out = []
+        for before, after in self.prober.changes():
+            old, new = config_of(before), config_of(after)
+            self._known[after.ref.gen] = after
+            out.append({"kind": "vm_config", "t": t,
+                        "vm": after.ref.as_record(),
+                        "changed": {k: [old[k], new[k]] for k in old
+                                    if old[k] != new[k]}})
         return out
 
     def _vm_stop(self, t: int, vm: VM) -> dict[str, Any]:

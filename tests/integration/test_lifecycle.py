@@ -180,3 +180,64 @@ def test_a_taps_final_counters_reach_vm_stop_from_rtm_dellink(agent, tmp_path):
     assert nic["tx_packets"] == final["rx_packets"]
     assert nic["rx_packets"] + nic["rx_drops"] > \
         last["rx_packets"] + last["rx_drops"]
+
+
+def qmp(path: Path, *commands: dict) -> list[dict]:
+    """Run QMP commands on QEMU's monitor socket; their replies."""
+    import socket as socket_mod
+
+    with socket_mod.socket(socket_mod.AF_UNIX) as s:
+        s.connect(str(path))
+        f = s.makefile("rw")
+        json.loads(f.readline())  # the greeting
+        replies = []
+        for cmd in ({"execute": "qmp_capabilities"}, *commands):
+            f.write(json.dumps(cmd) + "\n")
+            f.flush()
+            while True:
+                reply = json.loads(f.readline())
+                if "return" in reply or "error" in reply:
+                    break
+            replies.append(reply)
+    return replies[1:]
+
+
+def test_hotplugged_nic_and_vcpu_give_vm_config(agent, taps, tmp_path):
+    [tap] = taps(1)
+    a = agent('[probes]\nrescan = "1s"\n', interval=1)
+    name = f"hp-{uuid.uuid4().hex[:6]}"
+    sock = tmp_path / "qmp.sock"
+    qemu = subprocess.Popen(
+        ["qemu-system-x86_64", "-accel", "kvm", "-m", "64",
+         "-smp", "1,sockets=2,cores=1,threads=1,maxcpus=2", "-nodefaults",
+         "-nographic",
+         "-serial", "none", "-monitor", "none",
+         "-qmp", f"unix:{sock},server=on,wait=off",
+         "-name", f"guest={name},debug-threads=on"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: of_kind(records(a), "sample", name), timeout=60)
+        wait_until(sock.exists)
+        replies = qmp(sock, {"execute": "netdev_add", "arguments": {
+            "type": "tap", "id": "hn0", "ifname": tap, "script": "no",
+            "downscript": "no"}}, {"execute": "device_add", "arguments": {
+                "driver": "qemu64-x86_64-cpu", "id": "cpu1",
+                "socket-id": 1, "core-id": 0, "thread-id": 0}})
+        assert all("return" in r for r in replies), replies
+        def merged() -> dict:
+            """Each field's first old and last new value over vm_configs."""
+            out: dict = {}
+            for r in of_kind(records(a), "vm_config", name):
+                for field, (old, new) in r["changed"].items():
+                    out[field] = [out.get(field, [old])[0], new]
+            return out if {"nics", "vcpus"} <= set(out) else {}
+
+        changed = wait_until(merged, timeout=30)
+        assert changed["nics"] == [[], [tap]]
+        assert changed["vcpus"] == [1, 2]
+        sample = of_kind(records(a), "sample", name)[-1]
+        assert [n["name"] for n in sample["nics"]] == [tap]
+        assert [v["id"] for v in sample["cpu"]["vcpus"]] == [0, 1]
+    finally:
+        qemu.kill()
+        qemu.wait(timeout=30)

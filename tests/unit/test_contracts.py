@@ -24,7 +24,7 @@ def test_linux_and_freebsd_export_the_same_names():
 
 
 def test_same_method_signatures():
-    for name in ("__init__", "discover", "sample", "vms", "close"):
+    for name in ("__init__", "discover", "sample", "vms", "changes", "close"):
         assert inspect.signature(getattr(linux.Prober, name)) == \
             inspect.signature(getattr(freebsd.Prober, name)), name
 

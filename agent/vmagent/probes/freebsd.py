@@ -15,7 +15,8 @@ class Prober:
 
     def __init__(self, host_id: str, *, procfs_root: str = "/proc",
                  sysfs_root: str = "/sys",
-                 debugfs_root: str = "/sys/kernel/debug") -> None:
+                 debugfs_root: str = "/sys/kernel/debug",
+                 rescan_s: float = 60.0) -> None:
         raise ProbeUnsupported(
             "the FreeBSD bhyve probes are not implemented in this version")
 
@@ -26,6 +27,9 @@ class Prober:
         raise ProbeUnsupported("FreeBSD bhyve probes")
 
     def vms(self) -> list[VM]:
+        raise ProbeUnsupported("FreeBSD bhyve probes")
+
+    def changes(self) -> list[tuple[VM, VM]]:
         raise ProbeUnsupported("FreeBSD bhyve probes")
 
     def close(self) -> None:

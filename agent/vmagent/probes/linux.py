@@ -22,6 +22,7 @@ from vmagent.probes import procfs
 from vmagent.probes._native import ffi, lib
 from vmagent.probes.types import (
     VM,
+    config_of,
     Disk,
     Nic,
     Sample,
@@ -79,8 +80,12 @@ class Prober:
 
     def __init__(self, host_id: str, *, procfs_root: str = "/proc",
                  sysfs_root: str = "/sys",
-                 debugfs_root: str = "/sys/kernel/debug") -> None:
+                 debugfs_root: str = "/sys/kernel/debug",
+                 rescan_s: float = 60.0) -> None:
         self.host_id = host_id
+        self.rescan_s = rescan_s  # every VM's layout looked at again
+        self._rescanned = time.monotonic()
+        self._changes: list[tuple[VM, VM]] = []
         self.procfs = procfs_root
         self.sysfs = sysfs_root
         self.debugfs = debugfs_root
@@ -115,8 +120,18 @@ class Prober:
             elif isinstance(found, tuple):
                 vhosts.append(found)
         self._attach_vhosts(vhosts)
+        if time.monotonic() - self._rescanned >= self.rescan_s:
+            self._rescanned = time.monotonic()
+            for m in self._metered.values():  # hotplug leaves no error
+                m.stale = True
         self._refresh_stale()
         return new
+
+    def changes(self) -> list[tuple[VM, VM]]:
+        """(before, after) of VMs whose vCPUs, memory, NICs or disks
+        changed since the last call (hotplug)."""
+        out, self._changes = self._changes, []
+        return out
 
     def sample(self) -> Sweep:
         """Read every known VM once; VMs that exited are in ``gone``."""
@@ -313,8 +328,10 @@ class Prober:
             vhost = tuple(k for k in m.vm.vhost_pids
                           if _read_stat(f"{self.procfs}/{k}") is not None)
             m.close()
-            self._start_metering(replace(fresh, ref=m.vm.ref,
-                                         vhost_pids=vhost))
+            fresh = replace(fresh, ref=m.vm.ref, vhost_pids=vhost)
+            if config_of(fresh) != config_of(m.vm):
+                self._changes.append((m.vm, fresh))
+            self._start_metering(fresh)
 
     # --- sampling ---------------------------------------------------------
 

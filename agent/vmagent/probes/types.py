@@ -84,3 +84,12 @@ class Sweep:
     samples: list[tuple[VM, Sample]] = field(default_factory=list)
     gone: list[VM] = field(default_factory=list)
     failed: list[tuple[VM, str]] = field(default_factory=list)
+
+
+def config_of(vm: VM) -> dict[str, Any]:
+    """What ``vm_config`` compares: vCPUs (running vCPU threads where there
+    are any, else the configured count), memory, NICs and disks."""
+    return {"vcpus": len(vm.vcpu_threads) or vm.vcpus,
+            "alloc_bytes": vm.alloc_bytes,
+            "nics": [n.name for n in vm.nics],
+            "disks": [d.path for d in vm.disks]}
