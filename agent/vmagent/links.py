@@ -50,7 +50,7 @@ class LinkWatcher:
 
             self._ipr = IPRoute()
             self._ipr.bind()
-        except Exception as err:  # noqa: BLE001 - no netlink: sysfs only
+        except Exception as err:
             self.log.warning("link_events_unavailable", error=str(err))
             self._ipr = None
             return

@@ -26,7 +26,7 @@ class Position:
 
 class AcctFollower:
     def __init__(self, path: Path, state_file: Path,
-                 format: str | None = None) -> None:  # noqa: A002
+                 format: str | None = None) -> None:
         self.path, self.state_file, self.format = path, state_file, format
         self.log = get_logger(acct_file=str(path))
         self.pos = self._load()

@@ -67,7 +67,7 @@ def detect(data: bytes) -> str:
     return FORMAT_NAMES[fmt]
 
 
-def parse(data: bytes, format: str) -> Parsed:  # noqa: A002
+def parse(data: bytes, format: str) -> Parsed:
     """Every whole record of ``data``; a partial last one is left over."""
     code = FORMATS[format]
     size = lib.vmprobe_acct_record_size(code)
@@ -85,7 +85,7 @@ def parse(data: bytes, format: str) -> Parsed:  # noqa: A002
     return Parsed(format, records, offset, total_skipped)
 
 
-def _record(a: Any, format: str) -> AcctRecord:  # noqa: A002
+def _record(a: Any, format: str) -> AcctRecord:
     names = LINUX_FLAGS if format == "linux" else FREEBSD_FLAGS
     return AcctRecord(
         format=format,
@@ -107,7 +107,7 @@ def _exit(code: int) -> dict[str, int]:
     return {"code": (code >> 8) & 0xFF}
 
 
-def read_file(path: Path, format: str | None = None) -> Parsed:  # noqa: A002
+def read_file(path: Path, format: str | None = None) -> Parsed:
     """Parse an accounting file; ``format`` None means detect it."""
     try:
         data = path.read_bytes()
