@@ -5,6 +5,6 @@ fails here with a message that says what to do.
 """
 
 from vmagent._version import __version__
-from vmagent.probes import _native
+from vmagent.probes import _native  # noqa: F401 - imported for its check
 
 __all__ = ["__version__"]
