@@ -169,6 +169,58 @@ size_t vmprobe_acct_parse(int format, const unsigned char *buf, size_t len,
                           struct vmprobe_acct *out, size_t max,
                           size_t *consumed, size_t *skipped);
 
+/* --- FreeBSD bhyve decoders, portable (tested on Linux) ------------------- */
+
+#define VMPROBE_VM_STATS_14 1      /* struct vm_stats with index, 544 bytes */
+#define VMPROBE_VM_STATS_13 2      /* FreeBSD 13 layout, 536 bytes */
+#define VMPROBE_MAX_VM_STATS 64    /* MAX_VM_STATS, statbuf entries */
+
+/* A VM_STATS reply: the values and the snapshot time. */
+struct vmprobe_vm_stats {
+    int cpuid, index, num_entries;
+    int64_t tv_sec, tv_usec;
+    uint64_t values[64];
+};
+
+/* Decodes a VM_STATS buffer of the given layout; -1/EINVAL when short or
+ * num_entries is out of range. */
+int vmprobe_vm_stats_decode(int layout, const unsigned char *buf, size_t len,
+                            struct vmprobe_vm_stats *out);
+
+/* Decodes a 132-byte VM_STAT_DESC reply: the index and its description. */
+int vmprobe_vm_stat_desc_decode(const unsigned char *buf, size_t len,
+                                int *index, char *desc, size_t desc_len);
+
+/* struct if_data (FreeBSD 11+, 152 bytes): the counters billing needs. */
+struct vmprobe_if_data {
+    uint64_t ipackets, ierrors, opackets, oerrors, ibytes, obytes;
+    uint64_t iqdrops, oqdrops;
+    uint32_t mtu;
+    uint8_t link_state;
+};
+int vmprobe_if_data_decode(const unsigned char *buf, size_t len,
+                           struct vmprobe_if_data *out);
+
+/* One record of a KERN_PROC_FILEDESC reply (packed kinfo_file records,
+ * each kf_structsize long): sets the fields and returns the record's
+ * length, 0 at the end of the buffer, -1/EINVAL when malformed. */
+struct vmprobe_kinfo_file {
+    int type, fd, flags;
+    char path[1024];
+};
+int vmprobe_kinfo_file_next(const unsigned char *buf, size_t len,
+                            struct vmprobe_kinfo_file *out);
+
+/* rctl_get_racct(2) output "name=value,...": the resources vmagent uses,
+ * each with has_* set when present; -1/EINVAL on a malformed string. */
+struct vmprobe_racct {
+    int64_t cputime, memoryuse, vmemoryuse, readbps, writebps, readiops,
+        writeiops, wallclock, pcpu;
+    int has_cputime, has_memoryuse, has_vmemoryuse, has_readbps,
+        has_writebps, has_readiops, has_writeiops, has_wallclock, has_pcpu;
+};
+int vmprobe_racct_parse(const char *buf, size_t len, struct vmprobe_racct *out);
+
 /* cdef-end */
 
 /* --- internal helpers shared between the C files (not in the cdef) -------- */

@@ -1,0 +1,182 @@
+"""FreeBSD decoders (native/common/bhyve.c) against byte-exact buffers made
+here by an independent encoder (Python ``struct``, layouts from the FreeBSD
+headers), including short and malformed ones: clear errors, no crash."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vmagent.probes import bhyve
+
+VM_STATS_14 = struct.Struct("<iii4xqq64Q")  # 544 bytes
+VM_STATS_13 = struct.Struct("<iiqq64Q")  # 536 bytes
+VM_STAT_DESC = struct.Struct("<i128s")  # 132 bytes
+IF_DATA = struct.Struct("<6BH2I15Q16s")  # 152 bytes
+KF_PATH = 368  # kf_path in struct kinfo_file (KINFO_FILE_SIZE 1392, amd64)
+
+
+def stats14(cpu=0, index=0, values=(), tv=(1_795_000_000, 123)):
+    padded = list(values) + [0] * (64 - len(values))
+    return VM_STATS_14.pack(cpu, index, len(values), *tv, *padded)
+
+
+def stats13(cpu=0, values=(), tv=(1_795_000_000, 5)):
+    padded = list(values) + [0] * (64 - len(values))
+    return VM_STATS_13.pack(cpu, len(values), *tv, *padded)
+
+
+def kinfo_file(fd, path, ftype=1, flags=0):
+    """A packed record: cut to roundup(offsetof(kf_path)+len+1, 8)."""
+    raw = path.encode()
+    size = (KF_PATH + len(raw) + 1 + 7) // 8 * 8
+    head = struct.pack("<iiiiiiq", size, ftype, fd, 1, flags, 0, 0)
+    return head + bytes(KF_PATH - len(head)) + raw + bytes(size - KF_PATH
+                                                           - len(raw))
+
+
+def if_data(ipk=1, ierr=2, opk=3, oerr=4, ibytes=5, obytes=6, iqd=7, oqd=8):
+    return IF_DATA.pack(6, 0, 6, 14, 2, 0, 152, 1500, 0, 10**9, ipk, ierr,
+                        opk, oerr, 0, ibytes, obytes, 0, 0, iqd, oqd, 0, 0,
+                        1_795_000_000, bytes(16))
+
+
+def test_vm_stats_14_layout():
+    s = bhyve.decode_vm_stats(stats14(cpu=2, index=64, values=(10, 20, 30)),
+                              bhyve.LAYOUT_14)
+    assert (s.cpuid, s.index, s.values) == (2, 64, (10, 20, 30))
+    assert s.time_us == 1_795_000_000_000_123 and s.last_chunk
+
+
+def test_vm_stats_13_layout():
+    s = bhyve.decode_vm_stats(stats13(cpu=1, values=tuple(range(64))),
+                              bhyve.LAYOUT_13)
+    assert (s.cpuid, s.index, len(s.values)) == (1, 0, 64)
+    assert not s.last_chunk  # a full chunk: ask again from index 64
+
+
+@pytest.mark.parametrize(("data", "layout"), [
+    (stats14()[:543], bhyve.LAYOUT_14), (stats13()[:100], bhyve.LAYOUT_13),
+    (VM_STATS_14.pack(0, 0, 65, 0, 0, *[0] * 64), bhyve.LAYOUT_14),
+    (VM_STATS_14.pack(0, 0, -1, 0, 0, *[0] * 64), bhyve.LAYOUT_14),
+    (stats14(), 99)])
+def test_bad_vm_stats_buffers_are_refused(data, layout):
+    with pytest.raises(bhyve.DecodeError, match="VM_STATS"):
+        bhyve.decode_vm_stats(data, layout)
+
+
+def test_stats_are_matched_by_description_never_by_index():
+    descs = {i: d for i, d in enumerate([
+        "vcpu migration across host cpus", "vcpu total runtime",
+        "total number of vm exits", "number of times hlt was intercepted",
+        "Resident memory"])}
+    wire = [bhyve.decode_stat_desc(VM_STAT_DESC.pack(i, d.encode()))
+            for i, d in descs.items()]
+    assert dict(wire) == descs
+    named = bhyve.named_stats(descs, (3, 2_400_000_000, 77, 5, 1 << 20))
+    assert bhyve.vcpu_run_ns(named, tsc_freq=2_400_000_000) == 10**9
+    assert bhyve.exit_counters(named) == {"exits": 77, "halt_exits": 5}
+    assert named[bhyve.RESIDENT] == 1 << 20
+    assert bhyve.vcpu_run_ns({}, 1) is None
+
+
+@pytest.mark.parametrize("data", [b"", VM_STAT_DESC.pack(0, b"x" * 128),
+                                  VM_STAT_DESC.pack(0, b"ok")[:100]])
+def test_bad_stat_descs_are_refused(data):
+    with pytest.raises(bhyve.DecodeError):
+        bhyve.decode_stat_desc(data)
+
+
+def test_if_data_and_the_guest_view():
+    host = bhyve.decode_if_data(if_data())
+    assert host == {"ipackets": 1, "ierrors": 2, "opackets": 3, "oerrors": 4,
+                    "ibytes": 5, "obytes": 6, "iqdrops": 7, "oqdrops": 8}
+    nic = bhyve.guest_view("tap0", host)
+    assert (nic["rx_packets"], nic["rx_bytes"], nic["rx_drops"]) == (3, 6, 8)
+    assert (nic["tx_packets"], nic["tx_bytes"], nic["tx_drops"]) == (1, 5, 7)
+
+
+@pytest.mark.parametrize("data", [if_data()[:151],
+                                  if_data()[:6] + b"\x00\x01" + if_data()[8:]])
+def test_bad_if_data_is_refused(data):
+    with pytest.raises(bhyve.DecodeError, match="if_data"):
+        bhyve.decode_if_data(data)
+
+
+def test_kinfo_files_of_a_bhyve_process_are_classified():
+    data = b"".join([
+        kinfo_file(-1, "/usr/home/vm"),  # cwd
+        kinfo_file(0, "/dev/null", ftype=1),
+        kinfo_file(3, "/dev/vmm/web01", ftype=1),
+        kinfo_file(4, "/dev/tap3", ftype=1),
+        kinfo_file(5, "/dev/vmnet7", ftype=1),
+        kinfo_file(6, "/vm/web01/disk0.img"),
+        kinfo_file(7, "/dev/zvol/zroot/vm/web01-data"),
+        kinfo_file(8, "", ftype=2),  # a socket
+        kinfo_file(9, "/dev/nmdm0A"),
+    ])
+    files = list(bhyve.iter_kinfo_files(data))
+    assert [f.fd for f in files] == [-1, 0, 3, 4, 5, 6, 7, 8, 9]
+    got = bhyve.classify(files)
+    assert got.vm == "web01"
+    assert got.nics == ("tap3", "vmnet7")
+    assert got.disks == ("/vm/web01/disk0.img",
+                         "/dev/zvol/zroot/vm/web01-data")
+
+
+@pytest.mark.parametrize("data", [
+    kinfo_file(3, "/dev/vmm/x")[:-8],  # cut short
+    struct.pack("<i", 7) + bytes(20),  # size not a multiple of 8
+    kinfo_file(3, "/x")[:KF_PATH] + b"y" * 8,  # no NUL in the path
+    bytes(10)])
+def test_malformed_kinfo_files_are_refused(data):
+    with pytest.raises(bhyve.DecodeError, match="kinfo_file"):
+        list(bhyve.iter_kinfo_files(data))
+
+
+def test_racct_strings():
+    text = ("cputime=12,datasize=1024,memoryuse=2147483648,vmemoryuse=4096,"
+            "readbps=10,writebps=20,readiops=1,writeiops=2,wallclock=99,"
+            "pcpu=150\0")
+    assert bhyve.parse_racct(text) == {
+        "cputime": 12, "memoryuse": 2147483648, "vmemoryuse": 4096,
+        "readbps": 10, "writebps": 20, "readiops": 1, "writeiops": 2,
+        "wallclock": 99, "pcpu": 150}
+    assert bhyve.parse_racct("") == {}
+
+
+@pytest.mark.parametrize("text", ["cputime", "cputime=", "=5", "cputime=1x",
+                                  "memoryuse=99999999999999999999999"])
+def test_bad_racct_strings_are_refused(text):
+    with pytest.raises(bhyve.DecodeError, match="rctl_get_racct"):
+        bhyve.parse_racct(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=1200))
+def test_random_bytes_never_crash_the_decoders(blob):
+    for call in (lambda: bhyve.decode_vm_stats(blob, bhyve.LAYOUT_14),
+                 lambda: bhyve.decode_stat_desc(blob),
+                 lambda: bhyve.decode_if_data(blob),
+                 lambda: list(bhyve.iter_kinfo_files(blob)),
+                 lambda: bhyve.parse_racct(blob.decode("latin-1"))):
+        try:
+            call()
+        except bhyve.DecodeError:
+            pass
+
+
+@pytest.mark.parametrize(("title", "name"), [
+    ("bhyve: web01", "web01"), ("bhyve: db with space", "db with space"),
+    ("bhyve", None), ("bhyvectl: x", None)])
+def test_process_titles(title, name):
+    assert bhyve.title_name(title) == name
+
+
+def test_vm_bhyve_config_uuid():
+    conf = 'loader="bhyveload"\ncpu=2\nuuid="8E0B6B1C-3A5D-4F7E-9C2B-1D2E3F4A5B6C"\n'
+    assert bhyve.vm_bhyve_uuid(conf) == "8e0b6b1c-3a5d-4f7e-9c2b-1d2e3f4a5b6c"
+    assert bhyve.vm_bhyve_uuid("cpu=2\n") is None
