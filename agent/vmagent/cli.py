@@ -30,28 +30,67 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version",
                    version=f"vmagent {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _agent_commands(sub)
+    _pull_command(sub)
+    _acct_command(sub)
+    _group(sub, "consumer", "manage consumers", [
+        ("drop", "a dead consumer stops holding WAL data", cmd_consumer_drop,
+         [("name", {"metavar": "NAME"})], True)])
+    _group(sub, "key", "the host's signing key", [
+        ("show", "print the public key in hex (generated if missing)",
+         cmd_key_show, [], True)])
+    _group(sub, "wal", "inspect a write-ahead log directory", [
+        ("verify", "check checksums, seqs, chain and signatures",
+         cmd_wal_verify, [("dir", {"metavar": "DIR"}), ("--pubkey", {
+             "metavar": "F", "help": "public key, raw or hex (default: "
+             "host.pub in DIR's parent, the state dir)"})], False),
+        ("dump", "print the records", cmd_wal_dump,
+         [("dir", {"metavar": "DIR"}), ("--json", {
+             "action": "store_true", "help": "one JSON object per line"})],
+         False)])
+    return p
 
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_text, description=help_text)
-        sp.add_argument("-c", "--config", metavar="FILE",
-                        help=f"configuration file (default "
-                             f"{config_mod.DEFAULT_PATH} if it exists)")
-        return sp
 
-    vms = command("vms", "discover and sample the VMs on this host, once")
-    vms.add_argument("--json", action="store_true",
-                     help="print a JSON list of sample-shaped objects")
-    vms.set_defaults(func=cmd_vms)
-    check = command("check-config", "validate the configuration and exit")
-    check.set_defaults(func=cmd_check_config)
+def _with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    sp.add_argument("-c", "--config", metavar="FILE",
+                    help=f"configuration file (default "
+                         f"{config_mod.DEFAULT_PATH} if it exists)")
+    return sp
 
-    run = command("run", "run the agent in the foreground (systemd, "
-                  "daemon(8))")
-    run.set_defaults(func=cmd_run)
-    status = command("status", "ask the running agent how it is; exit 0 "
-                     "healthy, 1 degraded, 3 not running")
-    status.add_argument("--json", action="store_true")
-    status.set_defaults(func=cmd_status)
+
+def _agent_commands(sub: Any) -> None:
+    for name, text, func, json_flag in (
+            ("vms", "discover and sample the VMs on this host, once",
+             cmd_vms, "print a JSON list of sample-shaped objects"),
+            ("check-config", "validate the configuration and exit",
+             cmd_check_config, None),
+            ("run", "run the agent in the foreground (systemd, daemon(8))",
+             cmd_run, None),
+            ("status", "ask the running agent how it is; exit 0 healthy, "
+             "1 degraded, 3 not running", cmd_status,
+             "the whole status document")):
+        sp = _with_config(sub.add_parser(name, help=text, description=text))
+        if json_flag:
+            sp.add_argument("--json", action="store_true", help=json_flag)
+        sp.set_defaults(func=func)
+
+
+def _group(sub: Any, name: str, text: str,
+           actions: list[tuple[str, str, Any, list[tuple[str, Any]],
+                               bool]]) -> None:
+    """A command with actions (``vmagent wal verify`` ...)."""
+    group = sub.add_parser(name, help=text).add_subparsers(
+        dest=f"{name}_command", metavar="ACTION", required=True)
+    for action, help_text, func, arguments, config in actions:
+        sp = group.add_parser(action, help=help_text)
+        for flag, options in arguments:
+            sp.add_argument(flag, **options)
+        if config:
+            _with_config(sp)
+        sp.set_defaults(func=func)
+
+
+def _pull_command(sub: Any) -> None:
     pull = sub.add_parser("pull", help="pull, verify and print records "
                           "(the reference collector)")
     pull.add_argument("url", metavar="URL", help="e.g. http://127.0.0.1:9740")
@@ -77,15 +116,8 @@ def _parser() -> argparse.ArgumentParser:
     pull.add_argument("--key", metavar="F", help="the client certificate's key")
     pull.set_defaults(func=cmd_pull)
 
-    consumer = sub.add_parser("consumer", help="manage consumers")
-    consumer_sub = consumer.add_subparsers(dest="consumer_command",
-                                           metavar="ACTION", required=True)
-    drop = consumer_sub.add_parser(
-        "drop", help="a dead consumer stops holding WAL data")
-    drop.add_argument("name", metavar="NAME")
-    drop.add_argument("-c", "--config", metavar="FILE")
-    drop.set_defaults(func=cmd_consumer_drop)
 
+def _acct_command(sub: Any) -> None:
     acct = sub.add_parser("acct", help="report process accounting records "
                           "(acct(5)), oneacct-like")
     acct.add_argument("file", metavar="FILE")
@@ -103,31 +135,6 @@ def _parser() -> argparse.ArgumentParser:
     for flag in ("--json", "--csv", "--xml"):
         out.add_argument(flag, action="store_true")
     acct.set_defaults(func=cmd_acct)
-
-    key = sub.add_parser("key", help="the host's signing key")
-    key_sub = key.add_subparsers(dest="key_command", metavar="ACTION",
-                                 required=True)
-    show = key_sub.add_parser(
-        "show", help="print the public key in hex (generated if missing)")
-    show.add_argument("-c", "--config", metavar="FILE")
-    show.set_defaults(func=cmd_key_show)
-
-    wal = sub.add_parser("wal", help="inspect a write-ahead log directory")
-    wal_sub = wal.add_subparsers(dest="wal_command", metavar="ACTION",
-                                 required=True)
-    verify = wal_sub.add_parser(
-        "verify", help="check checksums, seqs, chain and signatures")
-    verify.add_argument("dir", metavar="DIR")
-    verify.add_argument("--pubkey", metavar="F",
-                        help="public key, raw or hex (default: host.pub in "
-                             "DIR's parent, the state dir)")
-    verify.set_defaults(func=cmd_wal_verify)
-    dump = wal_sub.add_parser("dump", help="print the records")
-    dump.add_argument("dir", metavar="DIR")
-    dump.add_argument("--json", action="store_true",
-                      help="one JSON object per line")
-    dump.set_defaults(func=cmd_wal_dump)
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:

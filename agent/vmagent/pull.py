@@ -31,6 +31,47 @@ FOLLOW_WAIT_S = 30.0
 
 
 def pull(args: argparse.Namespace) -> int:
+    client, key = _client(args)
+    state = ChainState(last_seq=args.after or 0)
+    after: int | None = args.after
+    reported: set[tuple[int, int]] = set()
+    while True:
+        try:
+            batch = client.batch(after, state.wal,
+                                 FOLLOW_WAIT_S if args.follow else 0)
+        except (PullError, OSError) as err:
+            after = _recover_from(err, state) if isinstance(err, PullError) \
+                else after
+            if not args.follow or (isinstance(err, PullError)
+                                   and after is None):
+                print(f"vmagent pull: {err}", file=sys.stderr)
+                return 1
+            if isinstance(err, OSError):
+                time.sleep(1)  # the agent is restarting
+            continue
+        if after is None:
+            state.last_seq = _start_of(batch)
+        try:
+            printed = _print_records(verify_batch(batch, state, key), args)
+        except VerifyError as err:
+            print(f"vmagent pull: verification failed: {err}",
+                  file=sys.stderr)
+            return 1
+        _report_gaps(state, reported)
+        after = state.last_seq
+        if args.ack and printed and state.wal is not None:
+            client.ack(state.wal, state.last_seq)
+        if not args.follow and not printed:
+            break
+    missing = unexplained(state)
+    for a, b in missing:
+        print(f"vmagent pull: seqs {a}-{b} missing without a gap record",
+              file=sys.stderr)
+    return 1 if missing else 0
+
+
+def _client(args: argparse.Namespace) -> tuple[Client, bytes | None]:
+    """The HTTP client (token or client certificate) and the public key."""
     if not args.token_file and not args.cert:
         raise StateError("give --token-file, or --cert and --key for mutual "
                          "TLS")
@@ -45,49 +86,15 @@ def pull(args: argparse.Namespace) -> int:
     if key is None:
         print("vmagent pull: no --pubkey: signatures are NOT checked",
               file=sys.stderr)
-    client = Client(args.url, args.consumer, token, ssl_context=context)
-    state = ChainState(last_seq=args.after or 0)
-    after: int | None = args.after
-    reported: set[tuple[int, int]] = set()
-    while True:
-        try:
-            batch = client.batch(after, state.wal,
-                                 FOLLOW_WAIT_S if args.follow else 0)
-        except PullError as err:
-            after = _recover_from(err, state)
-            if after is None or not args.follow:
-                print(f"vmagent pull: {err}", file=sys.stderr)
-                return 1
-            continue
-        except OSError as err:  # the agent is restarting
-            if not args.follow:
-                print(f"vmagent pull: {err}", file=sys.stderr)
-                return 1
-            time.sleep(1)
-            continue
-        if after is None:
-            state.last_seq = _start_of(batch)
-        try:
-            printed = _print_records(verify_batch(batch, state, key), args)
-        except VerifyError as err:
-            print(f"vmagent pull: verification failed: {err}",
+    return Client(args.url, args.consumer, token, ssl_context=context), key
+
+
+def _report_gaps(state: ChainState, reported: set[tuple[int, int]]) -> None:
+    for a, b, reason in state.gaps:
+        if (a, b) not in reported:
+            reported.add((a, b))
+            print(f"vmagent pull: gap: seqs {a}-{b}: {reason}",
                   file=sys.stderr)
-            return 1
-        for a, b, reason in state.gaps:
-            if (a, b) not in reported:
-                reported.add((a, b))
-                print(f"vmagent pull: gap: seqs {a}-{b}: {reason}",
-                      file=sys.stderr)
-        after = state.last_seq
-        if args.ack and printed and state.wal is not None:
-            client.ack(state.wal, state.last_seq)
-        if not args.follow and not printed:
-            break
-    missing = unexplained(state)
-    for a, b in missing:
-        print(f"vmagent pull: seqs {a}-{b} missing without a gap record",
-              file=sys.stderr)
-    return 1 if missing else 0
 
 
 def _start_of(batch: dict[str, Any]) -> int:
