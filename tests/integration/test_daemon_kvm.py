@@ -76,8 +76,10 @@ def test_collector_holds_everything_across_vm_churn_and_agent_kills(
     assert a.stop(signal.SIGTERM) == 0
     dump = a.cli("wal", "dump", str(a.state / "wal"), "--json").stdout
     final_seq = json.loads(dump.splitlines()[-1])["seq"]
-    a.start()  # serve the rest after the clean stop
-    wait_until(lambda: max(collector.store, default=0) >= final_seq)
+    a.start()  # serve the rest after the clean stop (its own agent_start)
+    wait_until(lambda: max(collector.store, default=0) > final_seq and
+               [r["kind"] for r in collector.store.values()]
+               .count("agent_start") >= 7)
     collector.stop.set()
     collector.join(timeout=30)
     assert collector.failure is None, collector.failure
