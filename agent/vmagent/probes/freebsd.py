@@ -1,42 +1,232 @@
-"""FreeBSD bhyve probes: the names of ``probes/linux.py``, not yet filled.
+"""FreeBSD bhyve probes: the names of ``probes/linux.py``.
 
-A later issue implements them (``/dev/vmm``, kinfo, VM_STATS, if_data).
-Until then a ``Prober`` here refuses to start, with a message that says so.
+VMs are ``bhyve`` processes; each one's open files (``kern.proc.filedesc``)
+name its ``/dev/vmm/<name>``, taps and disks.  Counters come from the
+process (``kinfo_proc``), its ``vcpu N`` threads, ``VM_STATS`` (by
+description) and the taps' ``if_data``.  Everything the kernel hands over
+goes through a ``Kernel`` (below): the syscall layer on FreeBSD, a fake in
+the tests.  docs/freebsd.md says what has not run on a real host yet.
 """
 
 from __future__ import annotations
 
-from vmagent.errors import ProbeUnsupported
-from vmagent.probes.types import VM, Sweep
+import errno
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from vmagent.identity import derived_vm_uuid
+from vmagent.probes import bhyve
+from vmagent.probes.freebsd_kernel import Kernel, Proc, native_kernel
+from vmagent.probes.types import VM, Disk, Nic, Sweep, VcpuThread, VMRef, \
+    config_of
+
+#: FreeBSD 15 freezes a vCPU for every VM_STATS call (kernel_counters
+#: errata W1): read them at most this often, and keep the last values.
+VM_STATS_EVERY_S = 10.0
+_VCPU = re.compile(r"vcpu (\d+)")
+
+
+@dataclass
+class _Metered:
+    vm: VM
+    descs: dict[int, str] = field(default_factory=dict)
+    stats: dict[int, dict[str, int]] = field(default_factory=dict)  # vcpu
+    stats_at: float = 0.0
 
 
 class Prober:
-    """Finds and meters the bhyve VMs of one FreeBSD host (not yet)."""
+    """Finds and meters the bhyve VMs of one FreeBSD host."""
+
+    #: Where kernel data comes from; tests put a fake here.
+    _kernel_factory: Callable[[], Kernel] = staticmethod(native_kernel)
 
     def __init__(self, host_id: str, *, procfs_root: str = "/proc",
                  sysfs_root: str = "/sys",
                  debugfs_root: str = "/sys/kernel/debug",
                  rescan_s: float = 60.0) -> None:
-        raise ProbeUnsupported(
-            "the FreeBSD bhyve probes are not implemented in this version")
+        self.host_id = host_id
+        self.kernel = type(self)._kernel_factory()
+        self.rescan_s = rescan_s
+        self._boot = self.kernel.boot_time_us()
+        self._seen: set[int] = set()
+        self._metered: dict[int, _Metered] = {}
+        self._changes: list[tuple[VM, VM]] = []
+        self._rescanned = time.monotonic()
+
+    # --- public API (the same names as probes/linux.py) ------------------
 
     def discover(self) -> list[VM]:
-        raise ProbeUnsupported("FreeBSD bhyve probes")
+        """Examine bhyve processes not seen before; the VMs found new."""
+        procs = {p.pid: p for p in self.kernel.bhyve_processes()}
+        self._seen &= set(procs)
+        new = []
+        for pid in sorted(set(procs) - self._seen):
+            self._seen.add(pid)
+            vm = self._layout(procs[pid])
+            if vm is not None:
+                self._metered[pid] = _Metered(vm)
+                new.append(vm)
+        if time.monotonic() - self._rescanned >= self.rescan_s:
+            self._rescanned = time.monotonic()
+            self._rescan(procs)
+        return new
 
     def sample(self) -> Sweep:
-        raise ProbeUnsupported("FreeBSD bhyve probes")
+        sweep = Sweep()
+        for pid, m in list(self._metered.items()):
+            try:
+                proc = self.kernel.process(pid)
+                if proc is None or proc.start_us != self._start_us(m.vm):
+                    del self._metered[pid]
+                    self._seen.discard(pid)
+                    sweep.gone.append(m.vm)
+                    continue
+                sweep.samples.append((m.vm, self._record(m, proc)))
+            except Exception as err:  # one VM never stops a sweep
+                sweep.failed.append((m.vm, f"{type(err).__name__}: {err}"))
+        return sweep
 
     def vms(self) -> list[VM]:
-        raise ProbeUnsupported("FreeBSD bhyve probes")
+        return [m.vm for m in self._metered.values()]
 
     def changes(self) -> list[tuple[VM, VM]]:
-        raise ProbeUnsupported("FreeBSD bhyve probes")
+        out, self._changes = self._changes, []
+        return out
 
     def close(self) -> None:
-        """Nothing to close."""
+        self._metered.clear()
+        self._seen.clear()
 
     def __enter__(self) -> Prober:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # --- discovery --------------------------------------------------------
+
+    def _layout(self, proc: Proc) -> VM | None:
+        files = bhyve.classify(list(bhyve.iter_kinfo_files(
+            self.kernel.filedesc(proc.pid))))
+        name = bhyve.title_name(proc.title) or files.vm
+        if files.vm is None or name is None:
+            return None  # a bhyve process without a VM (yet)
+        conf = self.kernel.vm_bhyve_conf(name)
+        uuid = (bhyve.vm_bhyve_uuid(conf) if conf else None) or \
+            derived_vm_uuid(self.host_id, name)
+        threads = sorted((VcpuThread(int(m.group(1)), t.tid, "thread-name")
+                          for t in self.kernel.threads(proc.pid)
+                          if (m := _VCPU.fullmatch(t.name))),
+                         key=lambda t: t.id)
+        disks = tuple(Disk(path, -1, 0, 0, None, None)
+                      for path in files.disks)
+        return VM(
+            ref=VMRef(uuid, name, f"{self._boot}-{proc.pid}-"
+                      f"{proc.start_us}", "bhyve"),
+            pid=proc.pid, start_ticks=proc.start_us,
+            start_ns=proc.start_us * 1000, comm=proc.comm, uid=proc.uid,
+            vcpus=len(threads) or None, alloc_bytes=None,
+            nics=tuple(Nic(n, None) for n in files.nics), disks=disks,
+            vcpu_threads=tuple(threads),
+            kvm_stats=(("vmm", files.vm),))
+
+    def _start_us(self, vm: VM) -> int:
+        return vm.start_ticks
+
+    def _rescan(self, procs: dict[int, Proc]) -> None:
+        for pid, m in self._metered.items():
+            if pid not in procs:
+                continue
+            fresh = self._layout(procs[pid])
+            if fresh is None:
+                continue
+            fresh = replace(fresh, ref=m.vm.ref)
+            if config_of(fresh) != config_of(m.vm):
+                self._changes.append((m.vm, fresh))
+                m.vm = fresh
+
+    # --- sampling ---------------------------------------------------------
+
+    def _record(self, m: _Metered, proc: Proc) -> dict[str, Any]:
+        vm = m.vm
+        runtimes = {t.tid: t.runtime_us for t in self.kernel.threads(vm.pid)}
+        cpu: dict[str, Any] = {"total_ns": proc.runtime_us * 1000,
+                               "user_ns": proc.utime_us * 1000,
+                               "system_ns": proc.stime_us * 1000}
+        if vm.vcpu_threads:
+            cpu["vcpus"] = [{"id": t.id, "run_ns": runtimes[t.tid] * 1000}
+                            for t in vm.vcpu_threads if t.tid in runtimes]
+        stats = self._vm_stats(m)
+        resident = stats.get(0, {}).get(bhyve.RESIDENT)
+        out: dict[str, Any] = {
+            "vm": vm.ref.as_record(), "cpu": cpu,
+            "mem": {"rss_bytes": resident if resident is not None
+                    else proc.rss_bytes},
+            "nics": self._nics(vm),
+            "io": {"rd_ops": proc.inblock, "wr_ops": proc.oublock},
+            "disks": self._disks(vm)}
+        exits = _sum(bhyve.exit_counters(s) for s in stats.values())
+        if exits:
+            out["kvm"] = exits
+        return out
+
+    def _vm_stats(self, m: _Metered) -> dict[int, dict[str, int]]:
+        """Named VM_STATS per vCPU id, re-read at most every 10 s."""
+        if time.monotonic() - m.stats_at < VM_STATS_EVERY_S and m.stats:
+            return m.stats
+        name = dict(m.vm.kvm_stats)["vmm"]
+        try:
+            for t in m.vm.vcpu_threads:  # never ids beyond the real vCPUs
+                m.stats[t.id] = self._one_vcpu(m, name, t.id)
+        except OSError as err:
+            if err.errno not in (errno.ENOENT, errno.EPERM, errno.ENOTTY):
+                raise
+        m.stats_at = time.monotonic()
+        return m.stats
+
+    def _one_vcpu(self, m: _Metered, vm: str, cpu: int) -> dict[str, int]:
+        values: list[int] = []
+        while True:
+            chunk = bhyve.decode_vm_stats(
+                self.kernel.vm_stats(vm, cpu, len(values)), bhyve.LAYOUT_14)
+            values += chunk.values
+            if chunk.last_chunk:
+                break
+        for i in range(len(values)):
+            if i not in m.descs:
+                m.descs[i] = bhyve.decode_stat_desc(
+                    self.kernel.stat_desc(vm, i))[1]
+        named = bhyve.named_stats(m.descs, tuple(values))
+        run_ns = bhyve.vcpu_run_ns(named, self.kernel.tsc_freq())
+        if run_ns is not None:
+            named["run_ns"] = run_ns
+        return named
+
+    def _nics(self, vm: VM) -> list[dict[str, Any]]:
+        out = []
+        for nic in vm.nics:
+            raw = self.kernel.if_data(nic.name)
+            if raw is not None:
+                out.append(bhyve.guest_view(nic.name,
+                                            bhyve.decode_if_data(raw)))
+        return out
+
+    def _disks(self, vm: VM) -> list[dict[str, Any]]:
+        out = []
+        for disk in vm.disks:
+            size = self.kernel.file_size(disk.path)
+            if size is not None:
+                out.append({"path": disk.path, "capacity_bytes": size[0],
+                            "allocated_bytes": size[1]})
+        return out
+
+
+def _sum(maps: Any) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for m in maps:
+        for k, v in m.items():
+            total[k] = total.get(k, 0) + v
+    return total

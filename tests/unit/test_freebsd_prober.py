@@ -1,0 +1,162 @@
+"""The FreeBSD Prober's logic on a fake kernel that hands over byte-exact
+buffers (the encoders of test_bhyve_decoders); the syscall layer itself has
+never run here (docs/freebsd.md)."""
+
+from __future__ import annotations
+
+import errno
+import struct
+
+import pytest
+
+from unit.test_bhyve_decoders import if_data, kinfo_file, stats14
+from vmagent.identity import derived_vm_uuid
+from vmagent.probes import freebsd
+from vmagent.probes.freebsd_kernel import Proc, Thread
+
+BOOT = 1_790_000_000_000_000
+DESCS = ["vcpu total runtime", "total number of vm exits",
+         "number of times hlt was intercepted", "Resident memory"]
+
+
+class FakeKernel:
+    def __init__(self) -> None:
+        self.procs: dict[int, Proc] = {}
+        self.thread_map: dict[int, list[Thread]] = {}
+        self.files: dict[int, bytes] = {}
+        self.stats: dict[tuple[str, int], list[int]] = {}
+        self.taps: dict[str, bytes] = {}
+        self.sizes: dict[str, tuple[int, int]] = {}
+        self.confs: dict[str, str] = {}
+        self.stat_calls: list[tuple[str, int]] = []
+        self.stats_error: int | None = None
+
+    def boot_time_us(self): return BOOT
+    def tsc_freq(self): return 2_000_000_000
+    def bhyve_processes(self): return list(self.procs.values())
+    def process(self, pid): return self.procs.get(pid)
+    def threads(self, pid): return self.thread_map.get(pid, [])
+    def filedesc(self, pid): return self.files[pid]
+    def if_data(self, ifname): return self.taps.get(ifname)
+    def file_size(self, path): return self.sizes.get(path)
+    def vm_bhyve_conf(self, name): return self.confs.get(name)
+
+    def vm_stats(self, vm, cpu, index):
+        self.stat_calls.append((vm, cpu))
+        if self.stats_error:
+            raise OSError(self.stats_error, "injected")
+        return stats14(cpu=cpu, index=index, values=self.stats[(vm, cpu)])
+
+    def stat_desc(self, vm, index):
+        return struct.pack("<i128s", index, DESCS[index].encode())
+
+
+def proc(pid=700, start=BOOT + 5_000_000, title="bhyve: web01", runtime=3e6):
+    return Proc(pid=pid, comm="bhyve", title=title, uid=0, start_us=start,
+                runtime_us=int(runtime), utime_us=2_000_000,
+                stime_us=1_000_000, inblock=11, oublock=22,
+                rss_bytes=50 << 20)
+
+
+@pytest.fixture
+def kernel(monkeypatch):
+    k = FakeKernel()
+    k.procs[700] = proc()
+    k.thread_map[700] = [Thread(701, "mevent", 10), Thread(702, "vcpu 0",
+                                                           1_500_000),
+                         Thread(703, "vcpu 1", 900_000),
+                         Thread(704, "blk-4:0-0", 5)]
+    k.files[700] = b"".join([kinfo_file(3, "/dev/vmm/web01"),
+                             kinfo_file(4, "/dev/tap3"),
+                             kinfo_file(5, "/vm/web01/disk0.img")])
+    k.stats[("web01", 0)] = [4_000_000_000, 100, 40, 1 << 30]
+    k.stats[("web01", 1)] = [2_000_000_000, 50, 20, 0]
+    k.taps["tap3"] = if_data(ipk=10, ibytes=1000, opk=20, obytes=3000)
+    k.sizes["/vm/web01/disk0.img"] = (20 << 30, 3 << 30)
+    k.confs["web01"] = 'uuid="8E0B6B1C-3A5D-4F7E-9C2B-1D2E3F4A5B6C"\n'
+    monkeypatch.setattr(freebsd.Prober, "_kernel_factory",
+                        staticmethod(lambda: k))
+    return k
+
+
+def test_a_bhyve_vm_is_found_with_name_uuid_gen_and_devices(kernel):
+    with freebsd.Prober("h1") as p:
+        [vm] = p.discover()
+    assert vm.ref.name == "web01" and vm.ref.hypervisor == "bhyve"
+    assert vm.ref.uuid == "8e0b6b1c-3a5d-4f7e-9c2b-1d2e3f4a5b6c"
+    assert vm.ref.gen == f"{BOOT}-700-{BOOT + 5_000_000}"
+    assert [t.id for t in vm.vcpu_threads] == [0, 1]
+    assert [n.name for n in vm.nics] == ["tap3"]
+    assert [d.path for d in vm.disks] == ["/vm/web01/disk0.img"]
+
+
+def test_without_a_vm_manager_config_the_uuid_is_derived(kernel):
+    kernel.confs.clear()
+    with freebsd.Prober("h1") as p:
+        [vm] = p.discover()
+    assert vm.ref.uuid == derived_vm_uuid("h1", "web01")
+
+
+def test_a_sample_in_the_record_shapes(kernel):
+    with freebsd.Prober("h1") as p:
+        p.discover()
+        [(_, s)] = p.sample().samples
+    assert s["cpu"]["total_ns"] == 3_000_000_000
+    assert (s["cpu"]["user_ns"], s["cpu"]["system_ns"]) == (2 * 10**9, 10**9)
+    assert s["cpu"]["vcpus"] == [{"id": 0, "run_ns": 1_500_000_000},
+                                 {"id": 1, "run_ns": 900_000_000}]
+    assert s["mem"] == {"rss_bytes": 1 << 30}  # vmm "Resident memory"
+    [nic] = s["nics"]
+    assert (nic["rx_packets"], nic["rx_bytes"]) == (20, 3000)  # tap out
+    assert (nic["tx_packets"], nic["tx_bytes"]) == (10, 1000)  # tap in
+    assert s["io"] == {"rd_ops": 11, "wr_ops": 22}
+    assert s["disks"] == [{"path": "/vm/web01/disk0.img",
+                           "capacity_bytes": 20 << 30,
+                           "allocated_bytes": 3 << 30}]
+    assert s["kvm"] == {"exits": 150, "halt_exits": 60}
+
+
+def test_vm_stats_only_for_real_vcpus_and_at_most_every_10s(kernel):
+    with freebsd.Prober("h1") as p:
+        p.discover()
+        p.sample()
+        p.sample()
+    assert kernel.stat_calls == [("web01", 0), ("web01", 1)]
+
+
+@pytest.mark.parametrize("code", [errno.ENOTTY, errno.EPERM])
+def test_vm_stats_refused_still_samples_the_rest(kernel, code):
+    kernel.stats_error = code
+    with freebsd.Prober("h1") as p:
+        p.discover()
+        [(_, s)] = p.sample().samples
+    assert s["mem"] == {"rss_bytes": 50 << 20}  # the process's own RSS
+    assert "kvm" not in s
+
+
+def test_exit_and_pid_reuse_are_gone(kernel):
+    with freebsd.Prober("h1") as p:
+        [vm] = p.discover()
+        kernel.procs[700] = proc(start=BOOT + 9_000_000)  # pid reused
+        assert [v.ref for v in p.sample().gone] == [vm.ref]
+        [again] = p.discover()
+        assert again.ref.gen != vm.ref.gen
+        del kernel.procs[700]
+        assert [v.ref for v in p.sample().gone] == [again.ref]
+
+
+def test_a_bhyve_process_without_a_vmm_device_is_no_vm(kernel):
+    kernel.files[700] = kinfo_file(0, "/dev/null")
+    with freebsd.Prober("h1") as p:
+        assert p.discover() == []
+
+
+def test_a_hotplugged_tap_is_a_change(kernel):
+    with freebsd.Prober("h1", rescan_s=0) as p:
+        p.discover()
+        kernel.files[700] += kinfo_file(6, "/dev/tap9")
+        p.discover()
+        [(before, after)] = p.changes()
+    assert [n.name for n in before.nics] == ["tap3"]
+    assert [n.name for n in after.nics] == ["tap3", "tap9"]
+    assert after.ref == before.ref
