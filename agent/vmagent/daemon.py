@@ -387,7 +387,8 @@ class Agent:
         return doc
 
     def _debugfs_readable(self) -> bool:
-        return any(vm.kvm_stats for vm in self._known.values()) or \
+        # list() copies in one step: the sweep thread may change _known
+        return any(vm.kvm_stats for vm in list(self._known.values())) or \
             Path(self.cfg.probes.debugfs, "kvm").is_dir()
 
     def status_line(self) -> str:

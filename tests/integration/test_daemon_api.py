@@ -8,7 +8,6 @@ import signal
 import subprocess
 import threading
 import sys
-import time
 
 import msgpack
 import pytest
