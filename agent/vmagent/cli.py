@@ -151,6 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `vmagent vms | head`: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as err:  # the environment, not a bug: say what and where
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"vmagent: {err.strerror or err}{where}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

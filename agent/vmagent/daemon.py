@@ -278,7 +278,18 @@ class Agent:
         from vmagent.api.http import ApiServer
 
         self._install_signals()
-        api, control = ApiServer(self), ControlServer(self)
+        try:
+            api = ApiServer(self)
+        except OSError as err:
+            raise VmagentError(f"cannot listen on {self.cfg.api.listen}: "
+                               f"{err.strerror}") from err
+        try:
+            control = ControlServer(self)
+        except OSError as err:
+            api.server_close()
+            raise VmagentError(f"cannot create the control socket in "
+                               f"{self.cfg.agent.state_dir}: {err.strerror}"
+                               ) from err
         api.start()
         control.start()
         try:

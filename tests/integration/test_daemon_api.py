@@ -336,3 +336,16 @@ def test_pull_command_refuses_frames_signed_by_another_key(shared_agent,
     assert r.returncode == 1
     assert "verification failed" in r.stderr and "another key" in r.stderr
     assert r.stdout == ""  # nothing unverified is printed
+
+
+def test_a_port_in_use_is_a_clear_error(shared_agent, tmp_path):
+    from integration.agent_process import AgentProcess
+
+    other = AgentProcess(tmp_path)
+    other.config.write_text(other.config.read_text().replace(
+        f"127.0.0.1:{other.port}", f"127.0.0.1:{shared_agent.port}"))
+    r = other.cli("run", "-c", str(other.config))
+    assert r.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{shared_agent.port}: Address " \
+        "already in use" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -102,3 +102,13 @@ def test_table_marks_absent_values():
     (5 << 40, "5.0 TiB"), (5 << 50, "5120.0 TiB")])
 def test_human_bytes(n, text):
     assert human_bytes(n) == text
+
+
+def test_an_unusable_state_dir_is_a_clear_error(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[agent]\nstate_dir = "{blocker / "state"}"\n')
+    assert main(["key", "show", "-c", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("vmagent: ") and "Traceback" not in err
