@@ -21,12 +21,16 @@ def _version() -> str:
         return re.search(r'__version__ = "([^"]+)"', f.read()).group(1)
 
 
-def _cdef() -> str:
+def _cdef(platform: str) -> str:
     with open(os.path.join(HERE, "vmprobe.h")) as f:
         header = f.read()
     start = header.index("cdef-begin")
     start = header.index("*/", start) + 2
-    return header[start : header.index("/* cdef-end")]
+    cdef = header[start : header.index("/* cdef-end")]
+    if platform != "linux":  # the Linux probes are not built there
+        cdef = cdef[: cdef.index("/* linux-begin")] + \
+            cdef[cdef.index("/* linux-end */") + len("/* linux-end */") :]
+    return cdef
 
 
 def _platform_dir() -> str:
@@ -37,24 +41,32 @@ def _platform_dir() -> str:
     raise RuntimeError(f"vmagent has no native probes for {sys.platform}")
 
 
-def _sources() -> list[str]:
+def _sources(platform: str, relative: bool = True) -> list[str]:
     found = []
-    for folder in ("common", _platform_dir()):
+    for folder in ("common", platform):
         found += sorted(glob.glob(os.path.join(HERE, folder, "*.c")))
     # setuptools wants paths relative to the project root
-    return [os.path.relpath(p, ROOT) for p in found]
+    return [os.path.relpath(p, ROOT) for p in found] if relative else found
 
 
-ffibuilder = FFI()
-ffibuilder.cdef(_cdef())
-ffibuilder.set_source(
-    "vmagent._vmprobe",
-    '#include "vmprobe.h"',
-    sources=_sources(),
-    include_dirs=[os.path.relpath(HERE, ROOT)],
-    define_macros=[("VMPROBE_VERSION", f'"{_version()}"')],
-    extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-Wextra"],
-)
+def make_builder(platform: str, module: str = "vmagent._vmprobe",
+                 relative: bool = True) -> FFI:
+    """The builder for one platform's native code ("linux", "freebsd");
+    ``relative`` False for building outside setuptools (tests)."""
+    builder = FFI()
+    builder.cdef(_cdef(platform))
+    builder.set_source(
+        module,
+        '#include "vmprobe.h"',
+        sources=_sources(platform, relative),
+        include_dirs=[HERE],
+        define_macros=[("VMPROBE_VERSION", f'"{_version()}"')],
+        extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-Wextra"],
+    )
+    return builder
+
+
+ffibuilder = make_builder(_platform_dir())
 
 if __name__ == "__main__":
     os.chdir(ROOT)

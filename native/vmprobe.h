@@ -21,6 +21,12 @@
 
 const char *vmprobe_version(void);
 
+/* One decimal number, optionally followed by a newline (common/text.c). */
+int vmprobe_parse_u64(const char *buf, size_t len, uint64_t *out);
+
+/* linux-begin: the Linux probes (native/linux/); the cdef of other
+ * platforms leaves everything up to linux-end out. */
+
 /* --- /proc/<pid>/stat, /proc/<pid>/status, /proc/<pid>/io ---------------- */
 
 /* Counters of one process; proc(5) field numbers in brackets. */
@@ -62,7 +68,6 @@ int vmprobe_parse_status(const char *buf, size_t len, struct vmprobe_status *out
 int vmprobe_parse_io(const char *buf, size_t len, struct vmprobe_io *out);
 int vmprobe_parse_schedstat(const char *buf, size_t len,
                             struct vmprobe_schedstat *out);
-int vmprobe_parse_u64(const char *buf, size_t len, uint64_t *out);
 
 /* --- one VM: cached fds, re-read with pread -------------------------------- */
 
@@ -131,6 +136,8 @@ struct vmprobe_vm *vmprobe_vm_open(const struct vmprobe_vm_spec *spec);
 int vmprobe_vm_read(struct vmprobe_vm *vm, struct vmprobe_reading *out);
 
 void vmprobe_vm_close(struct vmprobe_vm *vm);
+
+/* linux-end */
 
 /* --- process accounting records (acct(5)), portable ----------------------- */
 
