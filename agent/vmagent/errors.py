@@ -29,13 +29,5 @@ class ProbeError(VmagentError):
     """A kernel interface the probes need cannot be read."""
 
 
-class VMGone(ProbeError):
-    """The VM's process exited (or its pid now names another process)."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(f"VM process {pid} is gone")
-        self.pid = pid
-
-
 class ProbeUnsupported(ProbeError):
     """This platform has no probes (yet)."""

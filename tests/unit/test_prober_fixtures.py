@@ -194,8 +194,8 @@ def test_pid_reused_by_another_process_is_a_new_gen(host):
 
 
 def test_new_vcpu_thread_is_picked_up_while_layout_incomplete(host):
-    just_started = int(time.clock_gettime(time.CLOCK_BOOTTIME)
-                       * os.sysconf("SC_CLK_TCK"))
+    just_started = int((time.clock_gettime(time.CLOCK_BOOTTIME) - 3)
+                       * os.sysconf("SC_CLK_TCK"))  # settled, still young
     d = host.process(200, "qemu", ["qemu", "-smp", "2", "-name", "v"],
                      exe=QEMU, fds=KVM_FDS, starttime=just_started,
                      threads={200: "qemu", 201: "CPU 0/KVM"})
@@ -220,3 +220,21 @@ def test_incomplete_layout_of_an_old_process_is_accepted(host):
         [vm] = p.discover()  # started long ago: it will not grow threads
     assert vm.complete
     assert [t.id for t in vm.vcpu_threads] == [0]
+
+
+def test_a_process_younger_than_the_settle_time_is_looked_at_later(host):
+    now = int(time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf(
+        "SC_CLK_TCK"))
+    d = host.process(200, "python3", ["python3", "-c", "fork then exec"],
+                     exe="/usr/bin/python3", fds={0: "/dev/null"},
+                     starttime=now)
+    with prober_for(host) as p:
+        assert p.discover() == []  # between fork and exec: not yet judged
+        (d / "exe").unlink()  # ...then it execs QEMU, with the same pid
+        os.symlink(QEMU, d / "exe")
+        os.symlink("anon_inode:kvm-vm", d / "fd/4")
+        (d / "cmdline").write_bytes(b"qemu\0-name\0late\0")
+        stat = d / "stat"
+        stat.write_text(stat.read_text().replace(f" {now} ", " 100 ", 1))
+        [vm] = p.discover()
+    assert vm.ref.name == "late"

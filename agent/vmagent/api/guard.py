@@ -20,7 +20,6 @@ class ConnectionGuard:
         self._active = 0
         self._deadlines: dict[socket.socket, float] = {}
         self._buckets: dict[str, tuple[float, float]] = {}  # tokens, stamp
-        self.cut_off = 0  # connections closed for being too slow
         self._stop = threading.Event()
         threading.Thread(target=self._reap, name="api-guard",
                          daemon=True).start()
@@ -73,7 +72,6 @@ class ConnectionGuard:
                 for s in late:
                     del self._deadlines[s]
             for s in late:
-                self.cut_off += 1
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
 

@@ -79,7 +79,7 @@ class Prober:
         for pid, m in list(self._metered.items()):
             try:
                 proc = self.kernel.process(pid)
-                if proc is None or proc.start_us != self._start_us(m.vm):
+                if proc is None or proc.start_us != m.vm.start_ticks:
                     del self._metered[pid]
                     self._seen.discard(pid)
                     sweep.gone.append(m.vm)
@@ -132,9 +132,6 @@ class Prober:
             nics=tuple(Nic(n, None) for n in files.nics), disks=disks,
             vcpu_threads=tuple(threads),
             kvm_stats=(("vmm", files.vm),))
-
-    def _start_us(self, vm: VM) -> int:
-        return vm.start_ticks
 
     def _rescan(self, procs: dict[int, Proc]) -> None:
         for pid, m in self._metered.items():

@@ -43,6 +43,10 @@ KVM_STATS = (
     "irq_exits", "signal_exits", "insn_emulation", "pf_taken",
     "pages_4k", "pages_2m", "pages_1g",
 )
+#: A process younger than this is looked at again later, VM or not: between
+#: fork and exec, or while QEMU opens its drives and taps, what /proc shows
+#: is not yet the VM (seen here: a QEMU with its kvm-vm fd but no disk fd).
+SETTLE_S = 2.0
 #: A QEMU asking for KVM that has no kvm-vm fd yet is still starting.
 STARTUP_GRACE_S = 5.0
 #: A VM whose vCPU threads are not all there is looked at again meanwhile.
@@ -95,7 +99,6 @@ class Prober:
             time.CLOCK_BOOTTIME)
         self._seen: set[int] = set()
         self._metered: dict[int, _Metered] = {}
-        self._vhost_owner: dict[int, int] = {}  # vhost kthread -> VM pid
 
     # --- public API (the same names on every platform) -------------------
 
@@ -179,6 +182,8 @@ class Prober:
         if stat.flags & procfs.PF_KTHREAD:
             m = _VHOST_KTHREAD.fullmatch(stat.comm)
             return (pid, int(m.group(1))) if m else None
+        if self._age_s(stat.starttime) < SETTLE_S:
+            raise _Defer
         links = _fd_links(pdir)
         vm_fd = next((fd for fd, link in links.items()
                       if link == "anon_inode:kvm-vm"), None)
@@ -306,7 +311,6 @@ class Prober:
         for kpid, owner in vhosts:
             m = self._metered.get(owner)
             if m is not None:
-                self._vhost_owner[kpid] = owner
                 m.vm = replace(m.vm, vhost_pids=(*m.vm.vhost_pids, kpid))
                 m.stale = True
 
@@ -384,8 +388,6 @@ class Prober:
         m = self._metered.pop(pid)
         m.close()
         self._seen.discard(pid)  # a new process with this pid gets examined
-        for kpid in m.vm.vhost_pids:
-            self._vhost_owner.pop(kpid, None)
 
     def _record(self, m: _Metered) -> Sample:
         """The reading as a ``sample`` record body (ARCHITECTURE §3)."""

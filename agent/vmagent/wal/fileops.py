@@ -61,7 +61,3 @@ class FileOps:
 
     def write_atomically(self, path: Path, data: bytes) -> None:
         write_atomically(path, data, mode=0o600)
-
-    def free_bytes(self, path: Path) -> int:
-        st = os.statvfs(path)
-        return st.f_bavail * st.f_frsize
