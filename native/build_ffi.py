@@ -2,7 +2,8 @@
 
 cffi exec's this file rather than importing it, so it is self-contained: it
 reads the version from the package's ``_version.py`` and the declarations for
-cffi from the part of ``vmprobe.h`` between ``cdef-begin`` and ``cdef-end``.
+cffi from the part of ``vmprobe.h`` between ``cdef-begin`` and ``cdef-end``,
+less the other platform's section (``linux-begin``/``freebsd-begin``).
 """
 
 import glob
@@ -27,9 +28,11 @@ def _cdef(platform: str) -> str:
     start = header.index("cdef-begin")
     start = header.index("*/", start) + 2
     cdef = header[start : header.index("/* cdef-end")]
-    if platform != "linux":  # the Linux probes are not built there
-        cdef = cdef[: cdef.index("/* linux-begin")] + \
-            cdef[cdef.index("/* linux-end */") + len("/* linux-end */") :]
+    for other in ("linux", "freebsd"):  # the other platform's syscalls
+        if other != platform:
+            end = f"/* {other}-end */"
+            cdef = cdef[: cdef.index(f"/* {other}-begin")] + \
+                cdef[cdef.index(end) + len(end) :]
     return cdef
 
 

@@ -228,9 +228,75 @@ struct vmprobe_racct {
 };
 int vmprobe_racct_parse(const char *buf, size_t len, struct vmprobe_racct *out);
 
+/* freebsd-begin: the FreeBSD syscall layer (native/freebsd/); the cdef of
+ * other platforms leaves everything up to freebsd-end out.  Each call is one
+ * syscall (or two: a size query) whose reply goes to the decoders above or
+ * into the structs below; -1 with errno on failure. */
+
+/* What vmagent uses of one struct kinfo_proc (sys/sys/user.h). */
+struct vmprobe_fbsd_proc {
+    int pid, tid;           /* ki_pid, ki_tid */
+    uint32_t uid;           /* ki_ruid */
+    int zombie;             /* ki_stat == SZOMB */
+    char comm[20];          /* ki_comm */
+    char tdname[40];        /* ki_tdname + ki_moretdname ("vcpu 0") */
+    int64_t start_us;       /* ki_start, Unix µs */
+    uint64_t runtime_us;    /* ki_runtime (per thread with threads) */
+    int64_t utime_us, stime_us;  /* ki_rusage */
+    int64_t inblock, oublock;    /* ki_rusage, operations */
+    uint64_t rss_pages;     /* ki_rssize */
+};
+
+/* kern.proc: pid -1 lists every process whose ki_comm is comm (NULL: all);
+ * otherwise that pid, one entry per thread when threads.  Up to *n entries
+ * go to out and *n is set to the count; -1/ENOMEM with *n the count needed
+ * when out is too small; -1/ESRCH when pid does not exist. */
+int vmprobe_fbsd_procs(int pid, int threads, const char *comm,
+                       struct vmprobe_fbsd_proc *out, size_t *n);
+
+#define VMPROBE_FBSD_ARGS 1      /* kern.proc.args: the title */
+#define VMPROBE_FBSD_FILEDESC 2  /* kern.proc.filedesc: packed kinfo_file */
+
+/* kern.proc.args / kern.proc.filedesc of pid into buf (*len: room in, bytes
+ * out); buf NULL asks for the size. */
+int vmprobe_fbsd_proc_sysctl(int what, int pid, unsigned char *buf,
+                             size_t *len);
+
+int vmprobe_fbsd_boottime_us(int64_t *out);  /* kern.boottime */
+int vmprobe_fbsd_tsc_freq(uint64_t *out);    /* machdep.tsc_freq (amd64) */
+
+/* VM_STATS on an open /dev/vmm/<name> in a VMPROBE_VM_STATS_* layout; the
+ * reply (544 or 536 bytes) goes to buf for vmprobe_vm_stats_decode.
+ * ENOTTY: this kernel does not know that layout. */
+int vmprobe_fbsd_vm_stats(int fd, int layout, int cpu, int index,
+                          unsigned char *buf, size_t len);
+/* VM_STAT_DESC: the 132-byte reply for vmprobe_vm_stat_desc_decode. */
+int vmprobe_fbsd_vm_stat_desc(int fd, int index, unsigned char *buf,
+                              size_t len);
+/* VM_GET_MEMSEG of the guest's system memory: its size in bytes. */
+int vmprobe_fbsd_vm_sysmem(int fd, uint64_t *bytes);
+
+/* The struct if_data of an interface (sysctl net.link.generic.ifdata.
+ * <index>.general) into buf for vmprobe_if_data_decode; ENXIO: no such
+ * interface. */
+int vmprobe_fbsd_if_data(const char *ifname, unsigned char *buf, size_t len);
+
+/* DIOCGMEDIASIZE of a disk device (a zvol, a GEOM provider). */
+int vmprobe_fbsd_media_size(const char *path, uint64_t *bytes);
+
+/* freebsd-end */
+
 /* cdef-end */
 
 /* --- internal helpers shared between the C files (not in the cdef) -------- */
+
+/* Layouts the portable decoders assume; native/freebsd/ checks them against
+ * FreeBSD's own headers at compile time. */
+#define VMPROBE_VM_STATS_14_SIZE 544
+#define VMPROBE_VM_STATS_13_SIZE 536
+#define VMPROBE_VM_STAT_DESC_SIZE 132
+#define VMPROBE_IF_DATA_SIZE 152
+#define VMPROBE_KF_PATH_OFFSET 368  /* amd64, arm64 */
 
 /* Parses the decimal digits in [s, e) into *out; -1/EINVAL on anything else
  * or on overflow. */

@@ -1,8 +1,11 @@
 """Shared test setup: the ``realguest`` marker skips with a reason when the
-machine cannot start real KVM guests (root, /dev/kvm, qemu)."""
+machine cannot start real KVM guests (root, /dev/kvm, qemu); the
+``freebsdheaders`` marker when the zig toolchain (FreeBSD's headers) is not
+installed."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 
@@ -25,6 +28,9 @@ def real_guest_skip_reason() -> str | None:
 
 
 REAL_MARKERS = ("realguest", "needsroot")
+HEADER_MARKERS = ("freebsdheaders",)
+ZIG_REASON = None if importlib.util.find_spec("ziglang") else \
+    "needs the zig toolchain for FreeBSD's headers (pip install ziglang)"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -35,24 +41,37 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=guest_reason))
         elif "needsroot" in item.keywords and root_reason:
             item.add_marker(pytest.mark.skip(reason=root_reason))
+        elif "freebsdheaders" in item.keywords and ZIG_REASON:
+            item.add_marker(pytest.mark.skip(reason=ZIG_REASON))
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001
-    """Say how many real-kernel tests (real guests, or root for mounts and
-    namespaces) ran and skipped; with VMAGENT_REALGUEST_REPORT set, also
-    write the counts there (.ci/run)."""
+def _count(terminalreporter, markers) -> dict[str, int]:
     counts = {"ran": 0, "skipped": 0}
     for status in ("passed", "failed", "error", "skipped"):
         for rep in terminalreporter.stats.get(status, []):
             words = getattr(rep, "keywords", {})
-            if not any(m in words for m in REAL_MARKERS):
+            if not any(m in words for m in markers):
                 continue
             if rep.when == "call" or status in ("skipped", "error"):
                 counts["skipped" if status == "skipped" else "ran"] += 1
+    return counts
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001
+    """Say how many real-kernel tests (real guests, or root for mounts and
+    namespaces) and FreeBSD-header builds ran and skipped; with
+    VMAGENT_REALGUEST_REPORT set, also write the counts there (.ci/run)."""
+    real = _count(terminalreporter, REAL_MARKERS)
+    headers = _count(terminalreporter, HEADER_MARKERS)
     terminalreporter.write_line(
-        f"real-kernel tests: {counts['ran']} ran, {counts['skipped']} skipped"
-        + (f" ({real_guest_skip_reason()})" if counts["skipped"] else ""))
+        f"real-kernel tests: {real['ran']} ran, {real['skipped']} skipped"
+        + (f" ({real_guest_skip_reason()})" if real["skipped"] else ""))
+    terminalreporter.write_line(
+        f"FreeBSD-header builds: {headers['ran']} ran, "
+        f"{headers['skipped']} skipped"
+        + (f" ({ZIG_REASON})" if headers["skipped"] else ""))
     out = os.environ.get("VMAGENT_REALGUEST_REPORT")
     if out:
         with open(out, "w") as f:
-            f.write(f"{counts['ran']} {counts['skipped']}\n")
+            f.write(f"{real['ran']} {real['skipped']}\n"
+                    f"{headers['ran']} {headers['skipped']}\n")

@@ -16,7 +16,7 @@
  * kf_path[PATH_MAX] is the last member of the 1392-byte KINFO_FILE_SIZE
  * (amd64), at 368.  Packed records (KERN_FILEDESC_PACK_KINFO) are cut to
  * roundup(offsetof(kf_path) + strlen(kf_path) + 1, 8). */
-#define KF_PATH_OFFSET 368
+#define KF_PATH_OFFSET VMPROBE_KF_PATH_OFFSET
 #define KF_HEADER 24
 
 static uint32_t le32(const unsigned char *p)
@@ -41,7 +41,8 @@ int vmprobe_vm_stats_decode(int layout, const unsigned char *buf, size_t len,
 {
     /* 14+: cpuid@0 index@4 num_entries@8 tv@16 statbuf@32 (544 bytes);
      * 13:  cpuid@0 num_entries@4 tv@8 statbuf@24 (536 bytes) */
-    size_t size = layout == VMPROBE_VM_STATS_14 ? 544 : 536;
+    size_t size = layout == VMPROBE_VM_STATS_14 ? VMPROBE_VM_STATS_14_SIZE
+                                                 : VMPROBE_VM_STATS_13_SIZE;
     size_t tv = layout == VMPROBE_VM_STATS_14 ? 16 : 8;
     size_t stats = tv + 16;
     int i;
@@ -73,7 +74,7 @@ int vmprobe_vm_stat_desc_decode(const unsigned char *buf, size_t len,
     const unsigned char *text = buf + 4;
     const unsigned char *nul;
 
-    if (len < 132 || desc_len == 0)
+    if (len < VMPROBE_VM_STAT_DESC_SIZE || desc_len == 0)
         return einval();
     nul = memchr(text, 0, 128);
     if (nul == NULL || (size_t)(nul - text) >= desc_len)
@@ -86,7 +87,8 @@ int vmprobe_vm_stat_desc_decode(const unsigned char *buf, size_t len,
 int vmprobe_if_data_decode(const unsigned char *buf, size_t len,
                            struct vmprobe_if_data *out)
 {
-    if (len < 152 || le32(buf + 4) >> 16 != 152) /* ifi_datalen @6 */
+    if (len < VMPROBE_IF_DATA_SIZE || /* ifi_datalen @6 */
+        le32(buf + 4) >> 16 != VMPROBE_IF_DATA_SIZE)
         return einval();
     out->link_state = buf[4];
     out->mtu = le32(buf + 8);

@@ -176,7 +176,12 @@ def test_process_titles(title, name):
     assert bhyve.title_name(title) == name
 
 
-def test_vm_bhyve_config_uuid():
-    conf = 'loader="bhyveload"\ncpu=2\nuuid="8E0B6B1C-3A5D-4F7E-9C2B-1D2E3F4A5B6C"\n'
-    assert bhyve.vm_bhyve_uuid(conf) == "8e0b6b1c-3a5d-4f7e-9c2b-1d2e3f4a5b6c"
-    assert bhyve.vm_bhyve_uuid("cpu=2\n") is None
+def test_block_ops_per_disk_sorts_slots_numerically_and_sums_threads():
+    from vmagent.probes.freebsd_kernel import Thread
+
+    threads = [Thread(1, "blk-10:0-0", 0, 5, 6), Thread(2, "blk-9:0-0", 0, 1, 2),
+               Thread(3, "blk-9:0-1", 0, 10, 20), Thread(4, "vcpu 0", 0, 99, 99),
+               Thread(5, "blk-4:0:1-0", 0, 7, 8)]  # AHCI: slot:func:port
+    assert bhyve.block_ops_per_disk(threads, 3) == [(7, 8), (11, 22), (5, 6)]
+    assert bhyve.block_ops_per_disk(threads, 2) is None
+    assert bhyve.block_ops_per_disk([Thread(1, "blk-x-0", 0, 1, 1)], 1) is None

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import errno
 import struct
+from dataclasses import replace
 
 import pytest
 
-from unit.test_bhyve_decoders import if_data, kinfo_file, stats14
+from unit.test_bhyve_decoders import if_data, kinfo_file, stats13, stats14
 from vmagent.identity import derived_vm_uuid
-from vmagent.probes import freebsd
+from vmagent.probes import bhyve, freebsd
 from vmagent.probes.freebsd_kernel import Proc, Thread
 
 BOOT = 1_790_000_000_000_000
@@ -27,9 +28,12 @@ class FakeKernel:
         self.stats: dict[tuple[str, int], list[int]] = {}
         self.taps: dict[str, bytes] = {}
         self.sizes: dict[str, tuple[int, int]] = {}
-        self.confs: dict[str, str] = {}
+        self.uuids: dict[str, str] = {}
+        self.sysmem: dict[str, int] = {}
         self.stat_calls: list[tuple[str, int]] = []
         self.stats_error: int | None = None
+        self.layout = bhyve.LAYOUT_14
+        self.forgotten: list[str] = []
 
     def boot_time_us(self): return BOOT
     def tsc_freq(self): return 2_000_000_000
@@ -39,13 +43,18 @@ class FakeKernel:
     def filedesc(self, pid): return self.files[pid]
     def if_data(self, ifname): return self.taps.get(ifname)
     def file_size(self, path): return self.sizes.get(path)
-    def vm_bhyve_conf(self, name): return self.confs.get(name)
+    def manager_uuid(self, name): return self.uuids.get(name)
+    def sysmem_bytes(self, vm): return self.sysmem.get(vm)
+    def forget(self, vm): self.forgotten.append(vm)
 
     def vm_stats(self, vm, cpu, index):
         self.stat_calls.append((vm, cpu))
         if self.stats_error:
             raise OSError(self.stats_error, "injected")
-        return stats14(cpu=cpu, index=index, values=self.stats[(vm, cpu)])
+        values = self.stats[(vm, cpu)]
+        if self.layout == bhyve.LAYOUT_13:
+            return self.layout, stats13(cpu=cpu, values=values)
+        return self.layout, stats14(cpu=cpu, index=index, values=values)
 
     def stat_desc(self, vm, index):
         return struct.pack("<i128s", index, DESCS[index].encode())
@@ -65,7 +74,8 @@ def kernel(monkeypatch):
     k.thread_map[700] = [Thread(701, "mevent", 10), Thread(702, "vcpu 0",
                                                            1_500_000),
                          Thread(703, "vcpu 1", 900_000),
-                         Thread(704, "blk-4:0-0", 5)]
+                         Thread(704, "blk-4:0-0", 5, 7, 9),
+                         Thread(705, "blk-4:0-1", 5, 1, 2)]
     k.files[700] = b"".join([kinfo_file(3, "/dev/vmm/web01"),
                              kinfo_file(4, "/dev/tap3"),
                              kinfo_file(5, "/vm/web01/disk0.img")])
@@ -73,7 +83,8 @@ def kernel(monkeypatch):
     k.stats[("web01", 1)] = [2_000_000_000, 50, 20, 0]
     k.taps["tap3"] = if_data(ipk=10, ibytes=1000, opk=20, obytes=3000)
     k.sizes["/vm/web01/disk0.img"] = (20 << 30, 3 << 30)
-    k.confs["web01"] = 'uuid="8E0B6B1C-3A5D-4F7E-9C2B-1D2E3F4A5B6C"\n'
+    k.uuids["web01"] = "8e0b6b1c-3a5d-4f7e-9c2b-1d2e3f4a5b6c"
+    k.sysmem["web01"] = 2 << 30
     monkeypatch.setattr(freebsd.Prober, "_kernel_factory",
                         staticmethod(lambda: k))
     return k
@@ -91,7 +102,7 @@ def test_a_bhyve_vm_is_found_with_name_uuid_gen_and_devices(kernel):
 
 
 def test_without_a_vm_manager_config_the_uuid_is_derived(kernel):
-    kernel.confs.clear()
+    kernel.uuids.clear()
     with freebsd.Prober("h1") as p:
         [vm] = p.discover()
     assert vm.ref.uuid == derived_vm_uuid("h1", "web01")
@@ -112,7 +123,8 @@ def test_a_sample_in_the_record_shapes(kernel):
     assert s["io"] == {"rd_ops": 11, "wr_ops": 22}
     assert s["disks"] == [{"path": "/vm/web01/disk0.img",
                            "capacity_bytes": 20 << 30,
-                           "allocated_bytes": 3 << 30}]
+                           "allocated_bytes": 3 << 30,
+                           "rd_ops": 8, "wr_ops": 11}]  # its blk threads
     assert s["kvm"] == {"exits": 150, "halt_exits": 60}
 
 
@@ -160,3 +172,62 @@ def test_a_hotplugged_tap_is_a_change(kernel):
     assert [n.name for n in before.nics] == ["tap3"]
     assert [n.name for n in after.nics] == ["tap3", "tap9"]
     assert after.ref == before.ref
+
+
+def test_the_configured_memory_is_the_guests_system_memory(kernel):
+    with freebsd.Prober("h1") as p:
+        [vm] = p.discover()
+    assert vm.alloc_bytes == 2 << 30
+
+
+def test_a_13_kernel_reply_is_read_in_one_call_per_vcpu(kernel):
+    kernel.layout = bhyve.LAYOUT_13
+    with freebsd.Prober("h1") as p:
+        p.discover()
+        [(_, s)] = p.sample().samples
+    assert kernel.stat_calls == [("web01", 0), ("web01", 1)]
+    assert s["kvm"] == {"exits": 150, "halt_exits": 60}
+    assert s["mem"] == {"rss_bytes": 1 << 30}
+
+
+def test_an_exited_unreaped_vm_gives_its_final_counters_then_is_gone(kernel):
+    with freebsd.Prober("h1") as p:
+        [vm] = p.discover()
+        p.sample()
+        kernel.procs[700] = replace(proc(runtime=7e6), zombie=True)
+        sweep = p.sample()
+        assert [v.ref for v in sweep.gone] == [vm.ref]
+        [(_, final)] = sweep.samples
+        assert final["cpu"]["total_ns"] == 7_000_000_000
+        assert kernel.forgotten == ["web01"]  # its /dev/vmm fd is closed
+        assert p.sample().samples == [] and p.vms() == []
+
+
+def test_a_reaped_vm_is_gone_without_a_sample(kernel):
+    with freebsd.Prober("h1") as p:
+        [vm] = p.discover()
+        del kernel.procs[700]
+        sweep = p.sample()
+    assert sweep.samples == [] and [v.ref for v in sweep.gone] == [vm.ref]
+
+
+def test_a_zvol_has_its_media_size_and_no_allocation(kernel):
+    kernel.files[700] += kinfo_file(6, "/dev/zvol/tank/web01-disk1")
+    kernel.sizes["/dev/zvol/tank/web01-disk1"] = (50 << 30, None)
+    kernel.thread_map[700].append(Thread(706, "blk-5:0-0", 1, 3, 4))
+    with freebsd.Prober("h1") as p:
+        p.discover()
+        [(_, s)] = p.sample().samples
+    assert s["disks"][1] == {"path": "/dev/zvol/tank/web01-disk1",
+                             "capacity_bytes": 50 << 30,
+                             "rd_ops": 3, "wr_ops": 4}
+
+
+def test_block_ops_per_disk_only_when_slots_and_disks_agree(kernel):
+    kernel.files[700] += kinfo_file(6, "/vm/web01/disk1.img")
+    with freebsd.Prober("h1") as p:
+        p.discover()
+        [(_, s)] = p.sample().samples
+    assert [set(d) for d in s["disks"]] == [{"path", "capacity_bytes",
+                                             "allocated_bytes"}, {"path"}]
+    assert s["io"] == {"rd_ops": 11, "wr_ops": 22}  # the process's, still

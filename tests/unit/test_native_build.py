@@ -1,35 +1,126 @@
 """The FreeBSD build of the native code needs nothing of Linux: built here
-with the FreeBSD selection (the common, portable sources only), it compiles,
-links and carries the decoders but not the Linux probes."""
+with the FreeBSD selection (common/ and freebsd/ sources), it compiles,
+links and carries the decoders and the syscall layer's entry points but not
+the Linux probes.  Off FreeBSD those entry points fail with ENOSYS, which
+lets the Python side of the syscall layer (``NativeKernel``) run through
+cffi here: every argument it passes must convert."""
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import runpy
 import sys
 from pathlib import Path
 
+import pytest
+
+from vmagent.errors import ProbeUnsupported
+from vmagent.probes._native import lib as linux_lib
+from vmagent.probes.freebsd_kernel import NativeKernel, native_kernel
+
 ROOT = Path(__file__).parents[2]
 
 
-def test_the_freebsd_selection_builds_without_linux_sources(tmp_path,
-                                                            monkeypatch):
-    monkeypatch.chdir(ROOT)
+@pytest.fixture(scope="module")
+def freebsd_build(tmp_path_factory):
     build = runpy.run_path(str(ROOT / "native/build_ffi.py"))
+    assert not any("native/linux" in s for s in build["_sources"]("freebsd"))
     builder = build["make_builder"]("freebsd", module="_vmprobe_freebsd",
                                     relative=False)
-    assert not any("native/linux" in s for s in build["_sources"]("freebsd"))
-    so = builder.compile(tmpdir=str(tmp_path))
+    so = builder.compile(tmpdir=str(tmp_path_factory.mktemp("freebsd")))
     spec = importlib.util.spec_from_file_location("_vmprobe_freebsd", so)
     mod = importlib.util.module_from_spec(spec)
     sys.modules["_vmprobe_freebsd"] = mod
     try:
         spec.loader.exec_module(mod)
-        lib = mod.lib
-        assert hasattr(lib, "vmprobe_acct_parse")
-        assert hasattr(lib, "vmprobe_vm_stats_decode")
-        assert hasattr(lib, "vmprobe_parse_u64")
-        assert not hasattr(lib, "vmprobe_vm_open")  # the Linux probes
-        assert not hasattr(lib, "vmprobe_parse_stat")
+        yield mod
     finally:
         del sys.modules["_vmprobe_freebsd"]
+
+
+def test_the_freebsd_selection_builds_without_linux_sources(freebsd_build):
+    lib = freebsd_build.lib
+    assert hasattr(lib, "vmprobe_acct_parse")
+    assert hasattr(lib, "vmprobe_vm_stats_decode")
+    assert hasattr(lib, "vmprobe_parse_u64")
+    assert hasattr(lib, "vmprobe_fbsd_procs")  # the syscall layer
+    assert not hasattr(lib, "vmprobe_vm_open")  # the Linux probes
+    assert not hasattr(lib, "vmprobe_parse_stat")
+
+
+def test_the_linux_build_has_no_freebsd_syscalls():
+    assert hasattr(linux_lib, "vmprobe_vm_open")
+    assert not hasattr(linux_lib, "vmprobe_fbsd_procs")
+    with pytest.raises(ProbeUnsupported, match="built on FreeBSD"):
+        native_kernel()
+
+
+@pytest.fixture
+def kernel(freebsd_build):
+    return NativeKernel(freebsd_build.ffi, freebsd_build.lib)
+
+
+@pytest.mark.parametrize("call", [
+    lambda k: k.boot_time_us(), lambda k: k.bhyve_processes(),
+    lambda k: k.process(1), lambda k: k.threads(1), lambda k: k.filedesc(1),
+    lambda k: k.if_data("tap0")])
+def test_native_kernel_calls_reach_the_syscall_layer(kernel, call):
+    with pytest.raises(OSError) as err:
+        call(kernel)
+    assert err.value.errno == errno.ENOSYS
+
+
+def test_native_kernel_vmm_calls_reach_the_syscall_layer(kernel,
+                                                         monkeypatch):
+    # /dev/vmm/<name> does not exist here: hand over some fd instead
+    monkeypatch.setattr(kernel, "_fd", lambda vm: 0)
+    for call in (lambda: kernel.vm_stats("web01", 0, 0),
+                 lambda: kernel.stat_desc("web01", 0)):
+        with pytest.raises(OSError) as err:
+            call()
+        assert err.value.errno == errno.ENOSYS
+    assert kernel.sysmem_bytes("web01") is None
+
+
+def test_native_kernel_optional_facts_are_absent_not_errors(kernel,
+                                                            tmp_path):
+    assert kernel.tsc_freq() == 0
+    assert kernel.file_size("/dev/null") is None  # DIOCGMEDIASIZE: ENOSYS
+    image = tmp_path / "disk.img"
+    image.write_bytes(b"x" * 4096)
+    assert kernel.file_size(str(image))[0] == 4096
+    assert kernel.file_size(str(tmp_path / "missing")) is None
+
+
+class Kernel13:
+    """The FreeBSD selection's lib, but VM_STATS answers as a 13.x kernel:
+    ENOTTY for the 14+ layout, a reply for the 13 one."""
+
+    def __init__(self, ffi, lib):
+        self.ffi, self.lib, self.layouts = ffi, lib, []
+
+    def __getattr__(self, name):
+        return getattr(self.lib, name)
+
+    def vmprobe_fbsd_vm_stats(self, fd, layout, cpu, index, buf, n):
+        self.layouts.append(layout)
+        if layout == self.lib.VMPROBE_VM_STATS_14:
+            self.ffi.errno = errno.ENOTTY
+            return -1
+        buf[0:12] = bytes([cpu, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0])
+        return 0
+
+
+def test_vm_stats_falls_back_to_the_13_layout_once(freebsd_build,
+                                                   monkeypatch):
+    fake = Kernel13(freebsd_build.ffi, freebsd_build.lib)
+    kernel = NativeKernel(freebsd_build.ffi, fake)
+    monkeypatch.setattr(kernel, "_fd", lambda vm: 0)
+    first = kernel.vm_stats("web01", 1, 0)
+    second = kernel.vm_stats("web01", 2, 0)
+    lib = freebsd_build.lib
+    assert first[0] == second[0] == lib.VMPROBE_VM_STATS_13
+    assert fake.layouts == [lib.VMPROBE_VM_STATS_14, lib.VMPROBE_VM_STATS_13,
+                            lib.VMPROBE_VM_STATS_13]
+    assert first[1][0] == 1 and second[1][0] == 2

@@ -170,12 +170,27 @@ def title_name(title: str) -> str | None:
     return m.group(1) if m else None
 
 
-def vm_bhyve_uuid(conf: str) -> str | None:
-    """``uuid="..."`` of a vm-bhyve guest config (<vm_dir>/<name>/<name>.conf)."""
-    from vmagent.probes.argv import canonical_uuid
 
-    for line in conf.splitlines():
-        m = re.fullmatch(r'\s*uuid\s*=\s*"?([0-9A-Fa-f-]+)"?\s*', line)
+#: bhyve's block_if worker threads: ``blk-<slot>:<func>[:<port>]-<n>``
+#: (usr.sbin/bhyve/block_if.c, the ident from pci_virtio_block.c, pci_ahci.c,
+#: pci_nvme.c).
+_BLK_THREAD = re.compile(r"blk-(\d+(?::\d+)*)-\d+")
+
+
+def block_ops_per_disk(threads: list[Any],
+                       n_disks: int) -> list[tuple[int, int]] | None:
+    """Block operations (ru_inblock, ru_oublock) of each disk, summed over
+    its block_if threads.  bhyve sets its devices up, and opens their files,
+    in slot order, and the disks are in the order of their descriptors, so
+    the k-th slot is the k-th disk; None unless the counts agree."""
+    per: dict[tuple[int, ...], list[int]] = {}
+    for t in threads:
+        m = _BLK_THREAD.fullmatch(t.name)
         if m:
-            return canonical_uuid(m.group(1))
-    return None
+            ops = per.setdefault(tuple(map(int, m.group(1).split(":"))),
+                                 [0, 0])
+            ops[0] += t.inblock
+            ops[1] += t.oublock
+    if not per or len(per) != n_disks:
+        return None
+    return [(per[k][0], per[k][1]) for k in sorted(per)]

@@ -19,7 +19,8 @@ from typing import Any
 
 from vmagent.identity import derived_vm_uuid
 from vmagent.probes import bhyve
-from vmagent.probes.freebsd_kernel import Kernel, Proc, native_kernel
+from vmagent.probes.freebsd_kernel import Kernel, Proc, Thread, \
+    native_kernel
 from vmagent.probes.types import VM, Disk, Nic, Sweep, VcpuThread, VMRef, \
     config_of
 
@@ -79,15 +80,21 @@ class Prober:
         for pid, m in list(self._metered.items()):
             try:
                 proc = self.kernel.process(pid)
-                if proc is None or proc.start_us != m.vm.start_ticks:
-                    del self._metered[pid]
-                    self._seen.discard(pid)
-                    sweep.gone.append(m.vm)
-                    continue
-                sweep.samples.append((m.vm, self._record(m, proc)))
+                if proc is not None and proc.start_us == m.vm.start_ticks:
+                    # a zombie's counters are its final ones: the last sample
+                    sweep.samples.append((m.vm, self._record(m, proc)))
+                    if not proc.zombie:
+                        continue
+                self._gone(pid, m)
+                sweep.gone.append(m.vm)
             except Exception as err:  # one VM never stops a sweep
                 sweep.failed.append((m.vm, f"{type(err).__name__}: {err}"))
         return sweep
+
+    def _gone(self, pid: int, m: _Metered) -> None:
+        del self._metered[pid]
+        self._seen.discard(pid)
+        self.kernel.forget(dict(m.vm.kvm_stats)["vmm"])
 
     def vms(self) -> list[VM]:
         return [m.vm for m in self._metered.values()]
@@ -114,8 +121,7 @@ class Prober:
         name = bhyve.title_name(proc.title) or files.vm
         if files.vm is None or name is None:
             return None  # a bhyve process without a VM (yet)
-        conf = self.kernel.vm_bhyve_conf(name)
-        uuid = (bhyve.vm_bhyve_uuid(conf) if conf else None) or \
+        uuid = self.kernel.manager_uuid(name) or \
             derived_vm_uuid(self.host_id, name)
         threads = sorted((VcpuThread(int(m.group(1)), t.tid, "thread-name")
                           for t in self.kernel.threads(proc.pid)
@@ -128,7 +134,8 @@ class Prober:
                       f"{proc.start_us}", "bhyve"),
             pid=proc.pid, start_ticks=proc.start_us,
             start_ns=proc.start_us * 1000, comm=proc.comm, uid=proc.uid,
-            vcpus=len(threads) or None, alloc_bytes=None,
+            vcpus=len(threads) or None,
+            alloc_bytes=self.kernel.sysmem_bytes(files.vm),
             nics=tuple(Nic(n, None) for n in files.nics), disks=disks,
             vcpu_threads=tuple(threads),
             kvm_stats=(("vmm", files.vm),))
@@ -149,7 +156,8 @@ class Prober:
 
     def _record(self, m: _Metered, proc: Proc) -> dict[str, Any]:
         vm = m.vm
-        runtimes = {t.tid: t.runtime_us for t in self.kernel.threads(vm.pid)}
+        threads = self.kernel.threads(vm.pid)
+        runtimes = {t.tid: t.runtime_us for t in threads}
         cpu: dict[str, Any] = {"total_ns": proc.runtime_us * 1000,
                                "user_ns": proc.utime_us * 1000,
                                "system_ns": proc.stime_us * 1000}
@@ -164,7 +172,7 @@ class Prober:
                     else proc.rss_bytes},
             "nics": self._nics(vm),
             "io": {"rd_ops": proc.inblock, "wr_ops": proc.oublock},
-            "disks": self._disks(vm)}
+            "disks": self._disks(vm, threads)}
         exits = _sum(bhyve.exit_counters(s) for s in stats.values())
         if exits:
             out["kvm"] = exits
@@ -187,10 +195,11 @@ class Prober:
     def _one_vcpu(self, m: _Metered, vm: str, cpu: int) -> dict[str, int]:
         values: list[int] = []
         while True:
-            chunk = bhyve.decode_vm_stats(
-                self.kernel.vm_stats(vm, cpu, len(values)), bhyve.LAYOUT_14)
+            layout, raw = self.kernel.vm_stats(vm, cpu, len(values))
+            chunk = bhyve.decode_vm_stats(raw, layout)
             values += chunk.values
-            if chunk.last_chunk:
+            # the 13 layout has no index: one call returns all there are
+            if chunk.last_chunk or layout == bhyve.LAYOUT_13:
                 break
         for i in range(len(values)):
             if i not in m.descs:
@@ -211,13 +220,19 @@ class Prober:
                                             bhyve.decode_if_data(raw)))
         return out
 
-    def _disks(self, vm: VM) -> list[dict[str, Any]]:
+    def _disks(self, vm: VM, threads: list[Thread]) -> list[dict[str, Any]]:
+        ops = bhyve.block_ops_per_disk(threads, len(vm.disks))
         out = []
-        for disk in vm.disks:
+        for i, disk in enumerate(vm.disks):
+            rec: dict[str, Any] = {"path": disk.path}
             size = self.kernel.file_size(disk.path)
             if size is not None:
-                out.append({"path": disk.path, "capacity_bytes": size[0],
-                            "allocated_bytes": size[1]})
+                rec["capacity_bytes"] = size[0]
+                if size[1] is not None:
+                    rec["allocated_bytes"] = size[1]
+            if ops is not None:
+                rec["rd_ops"], rec["wr_ops"] = ops[i]
+            out.append(rec)
         return out
 
 
