@@ -26,13 +26,13 @@ from vmagent.fsutil import write_atomically
 from vmagent.acct.follower import AcctFollower
 from vmagent.acct.matching import acct_fields, candidates
 from vmagent.acct.report import HYPERVISORS
-from vmagent.exits import ExitWatcher
+from vmagent.exits import exit_fields, exit_watcher
 from vmagent.health import assess
 from vmagent.identity import load_or_create_host_id, read_boot_id
 from vmagent.keys import HostKey
 from vmagent.links import LinkWatcher
 from vmagent.log import get_logger
-from vmagent.probes import VM, Prober, VMRef
+from vmagent.probes import VM, Prober, VMRef, bhyve
 from vmagent.probes.types import config_of
 from vmagent.sdnotify import Notifier
 from vmagent.wal import Wal
@@ -89,9 +89,9 @@ class Agent:
         self.acct = AcctFollower(Path(cfg.probes.acct_file),
                                  state / "acct.position")
         self.acct_counts = {"matched": 0, "unmatched": 0, "ambiguous": 0}
-        self._exited: set[int] = set()  # pids reported by the watcher
+        self._exited: dict[int, int | None] = {}  # pid -> wait status
         self.exit_event = threading.Event()
-        self.exits = ExitWatcher(self._on_exit)
+        self.exits = exit_watcher(self._on_exit)
         self.links = LinkWatcher(cfg.probes.sysfs)
 
     def consumers(self) -> list[str]:
@@ -189,12 +189,17 @@ class Agent:
         entries are gone by now: docs/records.md says what that means)."""
         self._known.pop(vm.ref.gen, None)
         self._ended[vm.ref.gen] = (time.monotonic(), vm)
-        source = "pidfd" if vm.pid in self._exited else "poll"
-        self._exited.discard(vm.pid)
+        noticed = vm.pid in self._exited
+        status = self._exited.pop(vm.pid, None)
+        source = (self.exits.mechanism or "poll") if noticed else "poll"
         last = self._last_sample.pop(vm.ref.gen, {})
         rec: dict[str, Any] = {"kind": "vm_stop", "t": t,
                                "vm": vm.ref.as_record(),
                                "exit": {"source": source}}
+        if status is not None:  # kqueue tells it; a pidfd does not
+            rec["exit"].update(exit_fields(status))
+            if vm.ref.hypervisor == "bhyve" and "code" in rec["exit"]:
+                rec["exit"]["reason"] = bhyve.exit_reason(rec["exit"]["code"])
         rec.update({k: v for k, v in last.items() if k != "vm"})
         if "nics" in rec:  # the taps' own last counters, where there are
             rec["nics"] = [self._final_nic(n, source) for n in rec["nics"]]
@@ -203,7 +208,7 @@ class Agent:
     def _final_nic(self, nic: dict[str, Any], source: str) -> dict[str, Any]:
         # right after a pidfd exit the RTM_DELLINK may still be on its way
         final = self.links.final(nic["name"],
-                                 LINK_WAIT_S if source == "pidfd" else 0)
+                                 LINK_WAIT_S if source != "poll" else 0)
         return {**nic, **final} if final else nic
 
     def _stopped_while_down(self, t: int) -> list[dict[str, Any]]:
@@ -247,9 +252,9 @@ class Agent:
                     if when < horizon]:
             del self._ended[gen]
 
-    def _on_exit(self, pid: int) -> None:
+    def _on_exit(self, pid: int, status: int | None) -> None:
         """From the exit watcher's thread: sweep now, not at the boundary."""
-        self._exited.add(pid)
+        self._exited[pid] = status
         self.exit_event.set()
         self.wake.set()
 
@@ -383,8 +388,7 @@ class Agent:
             "probes": {"kvm_debugfs": self._debugfs_readable(),
                        "link_events": self.links.available,
                        "acct": self.acct.path.exists(),
-                       "exit_watch": "pidfd" if self.exits.available
-                       else "poll"},
+                       "exit_watch": self.exits.mechanism or "poll"},
             "wal": {k: v for k, v in wal.items() if k != "acked"},
             "consumers": consumers, "errors": list(self.errors),
             "dropped_consumers": sorted(self.dropped),

@@ -194,3 +194,12 @@ def block_ops_per_disk(threads: list[Any],
     if not per or len(per) != n_disks:
         return None
     return [(per[k][0], per[k][1]) for k in sorted(per)]
+
+
+#: bhyve's exit codes (bhyve(8), EXIT STATUS).
+EXIT_REASONS = {0: "reboot", 1: "poweroff", 2: "halt", 3: "triple_fault",
+                4: "error"}
+
+
+def exit_reason(code: int) -> str:
+    return EXIT_REASONS.get(code, "unknown")
