@@ -228,6 +228,25 @@ struct vmprobe_racct {
 };
 int vmprobe_racct_parse(const char *buf, size_t len, struct vmprobe_racct *out);
 
+/* A kern.devstat.all reply: a long generation, then struct devstat records
+ * (sys/sys/devicestat.h).  GEOM providers' records carry the provider's id
+ * (kern.geom.confxml <provider id="0x...">) and no name. */
+#define VMPROBE_DEVSTAT_SIZE 288   /* struct devstat, LP64 */
+struct vmprobe_devstat {
+    uint64_t id;
+    char name[17];          /* device_name, for non-GEOM devices */
+    int unit;
+    uint64_t rd_bytes, wr_bytes, free_bytes;  /* bytes[DEVSTAT_READ...] */
+    uint64_t rd_ops, wr_ops, free_ops;        /* operations[...] */
+};
+/* Decodes up to max records into out; returns how many were stored, or
+ * -1/EINVAL when len is not a generation plus whole records.  A record the
+ * kernel was updating (sequence0 != sequence1) is left out and counted in
+ * *torn. */
+int vmprobe_devstat_decode(const unsigned char *buf, size_t len,
+                           struct vmprobe_devstat *out, size_t max,
+                           size_t *torn);
+
 /* freebsd-begin: the FreeBSD syscall layer (native/freebsd/); the cdef of
  * other platforms leaves everything up to freebsd-end out.  Each call is one
  * syscall (or two: a size query) whose reply goes to the decoders above or
@@ -260,6 +279,11 @@ int vmprobe_fbsd_procs(int pid, int threads, const char *comm,
 /* kern.proc.args / kern.proc.filedesc of pid into buf (*len: room in, bytes
  * out); buf NULL asks for the size. */
 int vmprobe_fbsd_proc_sysctl(int what, int pid, unsigned char *buf,
+                             size_t *len);
+
+/* A sysctl by name into buf (*len: room in, bytes out); buf NULL asks for
+ * the size.  vmagent reads kern.devstat.all and kern.geom.confxml. */
+int vmprobe_fbsd_sysctl_name(const char *name, unsigned char *buf,
                              size_t *len);
 
 int vmprobe_fbsd_boottime_us(int64_t *out);  /* kern.boottime */

@@ -28,7 +28,7 @@ from vmagent.acct.matching import acct_fields, candidates
 from vmagent.acct.report import HYPERVISORS
 from vmagent.exits import exit_fields, exit_watcher
 from vmagent.health import assess
-from vmagent.identity import load_or_create_host_id, read_boot_id
+from vmagent.identity import load_or_create_host_id
 from vmagent.keys import HostKey
 from vmagent.links import LinkWatcher
 from vmagent.log import get_logger
@@ -71,7 +71,7 @@ class Agent:
                              sysfs_root=cfg.probes.sysfs,
                              debugfs_root=cfg.probes.debugfs,
                              rescan_s=cfg.probes.rescan_s)
-        self.boot_id = read_boot_id(cfg.probes.procfs)
+        self.boot_id = self.prober.boot_id
         self.started = time.time()
         self.stop_requested = threading.Event()
         self.reload_requested = threading.Event()

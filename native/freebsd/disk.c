@@ -1,15 +1,32 @@
-/* The size of a disk device (a zvol, a GEOM provider): DIOCGMEDIASIZE,
- * sys/sys/disk.h. */
+/*
+ * Disk devices (zvols, GEOM providers): their size (DIOCGMEDIASIZE,
+ * sys/sys/disk.h); their counters come from kern.devstat.all, decoded by
+ * common/bhyve.c in the layout checked here.
+ */
 #ifdef __FreeBSD__
 #include <sys/types.h>
+#include <sys/devicestat.h>
 #include <sys/disk.h>
 #include <sys/ioctl.h>
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <unistd.h>
 
 #include "vmprobe.h"
+
+_Static_assert(sizeof(struct devstat) == VMPROBE_DEVSTAT_SIZE, "devstat");
+_Static_assert(sizeof(long) == 8, "devstat_generation");
+_Static_assert(offsetof(struct devstat, device_name) == 44, "device_name");
+_Static_assert(offsetof(struct devstat, unit_number) == 60, "unit_number");
+_Static_assert(offsetof(struct devstat, bytes) == 64, "bytes");
+_Static_assert(offsetof(struct devstat, operations) == 96, "operations");
+_Static_assert(offsetof(struct devstat, id) == 272, "id");
+_Static_assert(offsetof(struct devstat, sequence1) == 280, "sequence1");
+_Static_assert(DEVSTAT_READ == 1 && DEVSTAT_WRITE == 2 && DEVSTAT_FREE == 3,
+               "DEVSTAT_READ");
+_Static_assert(DEVSTAT_NAME_LEN == 16, "DEVSTAT_NAME_LEN");
 
 int vmprobe_fbsd_media_size(const char *path, uint64_t *bytes)
 {

@@ -28,6 +28,13 @@ int vmprobe_fbsd_proc_sysctl(int what, int pid, unsigned char *buf,
     UNSUPPORTED;
 }
 
+int vmprobe_fbsd_sysctl_name(const char *name, unsigned char *buf,
+                             size_t *len)
+{
+    (void)name, (void)buf, (void)len;
+    UNSUPPORTED;
+}
+
 int vmprobe_fbsd_boottime_us(int64_t *out) { (void)out; UNSUPPORTED; }
 int vmprobe_fbsd_tsc_freq(uint64_t *out) { (void)out; UNSUPPORTED; }
 

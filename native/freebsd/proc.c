@@ -1,7 +1,4 @@
-/*
- * Processes and threads (sysctl kern.proc.*, sys/sys/sysctl.h) and the two
- * host facts the probes need: kern.boottime and machdep.tsc_freq.
- */
+/* Processes and threads: sysctl kern.proc.* (sys/sys/sysctl.h). */
 #ifdef __FreeBSD__
 #include <sys/param.h>
 #include <sys/sysctl.h>
@@ -126,21 +123,4 @@ int vmprobe_fbsd_proc_sysctl(int what, int pid, unsigned char *buf,
     return sysctl(mib, 4, buf, len, NULL, 0);
 }
 
-int vmprobe_fbsd_boottime_us(int64_t *out)
-{
-    struct timeval tv;
-    size_t len = sizeof(tv);
-
-    if (sysctlbyname("kern.boottime", &tv, &len, NULL, 0) < 0)
-        return -1;
-    *out = usec(tv);
-    return 0;
-}
-
-int vmprobe_fbsd_tsc_freq(uint64_t *out)
-{
-    size_t len = sizeof(*out);
-
-    return sysctlbyname("machdep.tsc_freq", out, &len, NULL, 0);
-}
 #endif /* __FreeBSD__ */

@@ -17,6 +17,11 @@ VM_STATS_13 = struct.Struct("<iiqq64Q")  # 536 bytes
 VM_STAT_DESC = struct.Struct("<i128s")  # 132 bytes
 IF_DATA = struct.Struct("<6BH2I15Q16s")  # 152 bytes
 KF_PATH = 368  # kf_path in struct kinfo_file (KINFO_FILE_SIZE 1392, amd64)
+#: struct devstat, LP64: sequence0, allocated, start/end_count, busy_from,
+#: dev_links, device_number, device_name[16], unit_number, bytes[4],
+#: operations[4], duration[4], busy_time, creation_time, block_size,
+#: tag_types[3], flags, device_type, priority, id, sequence1 (288 bytes)
+DEVSTAT = struct.Struct("<IiII16s8sI16si4Q4Q64s16s16sI4x3QiiI4xQI4x")
 
 
 def stats14(cpu=0, index=0, values=(), tv=(1_795_000_000, 123)):
@@ -27,6 +32,17 @@ def stats14(cpu=0, index=0, values=(), tv=(1_795_000_000, 123)):
 def stats13(cpu=0, values=(), tv=(1_795_000_000, 5)):
     padded = list(values) + [0] * (64 - len(values))
     return VM_STATS_13.pack(cpu, len(values), *tv, *padded)
+
+
+def devstat(id_=0, name=b"", unit=-1, rd=(0, 0), wr=(0, 0), seq=(7, 7)):
+    """One record: rd/wr = (bytes, operations) at DEVSTAT_READ/WRITE."""
+    return DEVSTAT.pack(seq[0], 1, 0, 0, b"", b"", 0, name, unit,
+                        0, rd[0], wr[0], 999, 0, rd[1], wr[1], 99, b"", b"",
+                        b"", 512, 0, 0, 0, 0, 0, 0, id_, seq[1])
+
+
+def devstat_all(*records, generation=42):
+    return struct.pack("<q", generation) + b"".join(records)
 
 
 def kinfo_file(fd, path, ftype=1, flags=0):
@@ -162,6 +178,7 @@ def test_random_bytes_never_crash_the_decoders(blob):
                  lambda: bhyve.decode_stat_desc(blob),
                  lambda: bhyve.decode_if_data(blob),
                  lambda: list(bhyve.iter_kinfo_files(blob)),
+                 lambda: bhyve.decode_devstat(blob),
                  lambda: bhyve.parse_racct(blob.decode("latin-1"))):
         try:
             call()
@@ -185,3 +202,71 @@ def test_block_ops_per_disk_sorts_slots_numerically_and_sums_threads():
     assert bhyve.block_ops_per_disk(threads, 3) == [(7, 8), (11, 22), (5, 6)]
     assert bhyve.block_ops_per_disk(threads, 2) is None
     assert bhyve.block_ops_per_disk([Thread(1, "blk-x-0", 0, 1, 1)], 1) is None
+
+
+def test_devstat_records_by_geom_id():
+    data = devstat_all(devstat(0xFFFFF80003A1B200, rd=(4096, 1),
+                               wr=(1 << 40, 3)),
+                       devstat(0, b"pass", 0, rd=(5, 5)),  # not GEOM
+                       devstat(0xFFFFF80003A1C000, rd=(512, 2)))
+    stats, torn = bhyve.decode_devstat(data)
+    assert torn == 0
+    assert stats == {
+        0xFFFFF80003A1B200: bhyve.DevStat(4096, 1 << 40, 1, 3),
+        0xFFFFF80003A1C000: bhyve.DevStat(512, 0, 2, 0)}
+
+
+def test_a_devstat_record_being_updated_is_left_out_and_counted():
+    data = devstat_all(devstat(0x10, rd=(1, 1), seq=(8, 7)),
+                       devstat(0x20, rd=(2, 2)))
+    stats, torn = bhyve.decode_devstat(data)
+    assert (set(stats), torn) == ({0x20}, 1)
+
+
+@pytest.mark.parametrize("data", [b"", b"\0" * 7, devstat_all(devstat(1))[:-1],
+                                  devstat_all(devstat(1)) + b"\0"])
+def test_devstat_of_the_wrong_length_is_refused(data):
+    with pytest.raises(bhyve.DecodeError):
+        bhyve.decode_devstat(data)
+
+
+def test_devstat_with_no_devices():
+    assert bhyve.decode_devstat(devstat_all()) == ({}, 0)
+
+
+CONFXML = """<mesh>
+  <class id="0xffffffff81c4e0e8"><name>ZFS::ZVOL</name>
+    <geom id="0xfffff80003a1a500"><class ref="0xffffffff81c4e0e8"/>
+      <name>zvol/tank/web01-disk1</name><rank>1</rank>
+      <provider id="0xfffff80003a1b200"><geom ref="0xfffff80003a1a500"/>
+        <mode>r1w1e0</mode><name>zvol/tank/web01-disk1</name>
+        <mediasize>53687091200</mediasize></provider>
+    </geom>
+  </class>
+  <class id="0xffffffff81c4f000"><name>DEV</name>
+    <geom id="0xfffff80003a1d000"><class ref="0xffffffff81c4f000"/>
+      <name>ada1</name>
+      <consumer id="0xfffff80003a1e000"><geom ref="0xfffff80003a1d000"/>
+        <provider ref="0xfffff80003a1c000"/><mode>r1w1e1</mode></consumer>
+    </geom>
+  </class>
+  <class id="0xffffffff81c50000"><name>DISK</name>
+    <geom id="0xfffff80003a1f000"><name>ada1</name>
+      <provider id="0xfffff80003a1c000"><name>ada1</name></provider>
+    </geom>
+  </class>
+</mesh>"""
+
+
+def test_geom_provider_names_and_ids_from_confxml():
+    assert bhyve.geom_provider_ids(CONFXML) == {
+        "zvol/tank/web01-disk1": 0xFFFFF80003A1B200, "ada1": 0xFFFFF80003A1C000}
+    with pytest.raises(bhyve.DecodeError):
+        bhyve.geom_provider_ids("<mesh><class>")
+
+
+@pytest.mark.parametrize(("path", "name"), [
+    ("/dev/zvol/tank/web01-disk1", "zvol/tank/web01-disk1"),
+    ("/dev/ada1", "ada1"), ("/vm/web01/disk0.img", None)])
+def test_geom_names_of_disk_paths(path, name):
+    assert bhyve.geom_name(path) == name

@@ -29,6 +29,6 @@ def test_same_method_signatures():
             inspect.signature(getattr(freebsd.Prober, name)), name
 
 
-def test_freebsd_prober_refuses_clearly_until_implemented():
+def test_freebsd_prober_refuses_clearly_off_freebsd():
     with pytest.raises(ProbeUnsupported, match="FreeBSD"):
         freebsd.Prober("h")

@@ -10,7 +10,8 @@ from dataclasses import replace
 
 import pytest
 
-from unit.test_bhyve_decoders import if_data, kinfo_file, stats13, stats14
+from unit.test_bhyve_decoders import CONFXML, devstat, devstat_all, if_data, \
+    kinfo_file, stats13, stats14
 from vmagent.identity import derived_vm_uuid
 from vmagent.probes import bhyve, freebsd
 from vmagent.probes.freebsd_kernel import Proc, Thread
@@ -34,6 +35,7 @@ class FakeKernel:
         self.stats_error: int | None = None
         self.layout = bhyve.LAYOUT_14
         self.forgotten: list[str] = []
+        self.devstats = devstat_all()
 
     def boot_time_us(self): return BOOT
     def tsc_freq(self): return 2_000_000_000
@@ -44,6 +46,8 @@ class FakeKernel:
     def if_data(self, ifname): return self.taps.get(ifname)
     def file_size(self, path): return self.sizes.get(path)
     def manager_uuid(self, name): return self.uuids.get(name)
+    def geom_confxml(self): return CONFXML
+    def devstat(self): return self.devstats
     def sysmem_bytes(self, vm): return self.sysmem.get(vm)
     def forget(self, vm): self.forgotten.append(vm)
 
@@ -96,6 +100,7 @@ def test_a_bhyve_vm_is_found_with_name_uuid_gen_and_devices(kernel):
     assert vm.ref.name == "web01" and vm.ref.hypervisor == "bhyve"
     assert vm.ref.uuid == "8e0b6b1c-3a5d-4f7e-9c2b-1d2e3f4a5b6c"
     assert vm.ref.gen == f"{BOOT}-700-{BOOT + 5_000_000}"
+    assert p.boot_id == str(BOOT)  # the daemon's agent_start boot_id
     assert [t.id for t in vm.vcpu_threads] == [0, 1]
     assert [n.name for n in vm.nics] == ["tap3"]
     assert [d.path for d in vm.disks] == ["/vm/web01/disk0.img"]
@@ -211,15 +216,29 @@ def test_a_reaped_vm_is_gone_without_a_sample(kernel):
     assert sweep.samples == [] and [v.ref for v in sweep.gone] == [vm.ref]
 
 
-def test_a_zvol_has_its_media_size_and_no_allocation(kernel):
+def test_a_zvol_has_its_size_and_devstat_totals(kernel):
     kernel.files[700] += kinfo_file(6, "/dev/zvol/tank/web01-disk1")
     kernel.sizes["/dev/zvol/tank/web01-disk1"] = (50 << 30, None)
+    kernel.thread_map[700].append(Thread(706, "blk-5:0-0", 1, 3, 4))
+    kernel.devstats = devstat_all(devstat(0xFFFFF80003A1B200,
+                                          rd=(8192, 2), wr=(4096, 1)))
+    with freebsd.Prober("h1") as p:
+        p.discover()
+        [(_, s)] = p.sample().samples
+    assert s["disks"][0]["rd_ops"] == 8  # an image file: its blk threads
+    assert s["disks"][1] == {"path": "/dev/zvol/tank/web01-disk1",
+                             "capacity_bytes": 50 << 30,
+                             "rd_bytes": 8192, "wr_bytes": 4096,
+                             "rd_ops": 2, "wr_ops": 1}
+
+
+def test_a_disk_device_unknown_to_geom_has_its_blk_thread_ops(kernel):
+    kernel.files[700] += kinfo_file(6, "/dev/zvol/tank/devmode-vol")
     kernel.thread_map[700].append(Thread(706, "blk-5:0-0", 1, 3, 4))
     with freebsd.Prober("h1") as p:
         p.discover()
         [(_, s)] = p.sample().samples
-    assert s["disks"][1] == {"path": "/dev/zvol/tank/web01-disk1",
-                             "capacity_bytes": 50 << 30,
+    assert s["disks"][1] == {"path": "/dev/zvol/tank/devmode-vol",
                              "rd_ops": 3, "wr_ops": 4}
 
 

@@ -5,6 +5,7 @@ makes of them.  The syscalls that fetch the buffers are FreeBSD-only."""
 from __future__ import annotations
 
 import re
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -203,3 +204,51 @@ EXIT_REASONS = {0: "reboot", 1: "poweroff", 2: "halt", 3: "triple_fault",
 
 def exit_reason(code: int) -> str:
     return EXIT_REASONS.get(code, "unknown")
+
+
+@dataclass(frozen=True)
+class DevStat:
+    """A disk device's totals (struct devstat)."""
+
+    rd_bytes: int
+    wr_bytes: int
+    rd_ops: int
+    wr_ops: int
+
+
+def decode_devstat(data: bytes) -> tuple[dict[int, DevStat], int]:
+    """kern.devstat.all by GEOM provider id, and how many records were torn
+    (being updated while read)."""
+    n = max(0, (len(data) - 8) // lib.VMPROBE_DEVSTAT_SIZE)
+    out = ffi.new("struct vmprobe_devstat[]", max(n, 1))
+    torn = ffi.new("size_t *")
+    got = lib.vmprobe_devstat_decode(data, len(data), out, n, torn)
+    if got < 0:
+        raise DecodeError(f"not a kern.devstat.all reply ({len(data)} bytes)")
+    return {out[i].id: DevStat(out[i].rd_bytes, out[i].wr_bytes,
+                               out[i].rd_ops, out[i].wr_ops)
+            for i in range(got) if out[i].id}, torn[0]
+
+
+def geom_provider_ids(confxml: str) -> dict[str, int]:
+    """GEOM provider name -> id from kern.geom.confxml; devstat records carry
+    the same id (how gstat(8) names them, lib/libgeom)."""
+    try:
+        root = ET.fromstring(confxml)
+    except ET.ParseError as err:
+        raise DecodeError(f"kern.geom.confxml: {err}") from None
+    out = {}
+    for p in root.iter("provider"):
+        name, pid = p.findtext("name"), p.get("id")
+        if name and pid:
+            try:
+                out[name] = int(pid, 16)
+            except ValueError:
+                continue
+    return out
+
+
+def geom_name(path: str) -> str | None:
+    """The GEOM provider behind a disk device path (/dev/zvol/tank/vm0 ->
+    zvol/tank/vm0, /dev/ada1 -> ada1)."""
+    return path[len("/dev/"):] if path.startswith("/dev/") else None

@@ -52,10 +52,13 @@ class Prober:
         self.kernel = type(self)._kernel_factory()
         self.rescan_s = rescan_s
         self._boot = self.kernel.boot_time_us()
+        self.boot_id = str(self._boot)  # kern.boottime: this boot, in µs
         self._seen: set[int] = set()
         self._metered: dict[int, _Metered] = {}
         self._changes: list[tuple[VM, VM]] = []
         self._rescanned = time.monotonic()
+        self._geom: dict[str, int] = {}  # GEOM provider name -> devstat id
+        self._geom_asked: set[str] = set()  # the names it was read for
 
     # --- public API (the same names as probes/linux.py) ------------------
 
@@ -73,16 +76,23 @@ class Prober:
         if time.monotonic() - self._rescanned >= self.rescan_s:
             self._rescanned = time.monotonic()
             self._rescan(procs)
+        devices = {d.block_device for m in self._metered.values()
+                   for d in m.vm.disks if d.block_device}
+        if devices - self._geom_asked:  # a disk device not looked up yet
+            self._geom_asked = devices
+            self._geom = self._geom_ids()
         return new
 
     def sample(self) -> Sweep:
         sweep = Sweep()
+        devstat = self._devstat()
         for pid, m in list(self._metered.items()):
             try:
                 proc = self.kernel.process(pid)
                 if proc is not None and proc.start_us == m.vm.start_ticks:
                     # a zombie's counters are its final ones: the last sample
-                    sweep.samples.append((m.vm, self._record(m, proc)))
+                    sweep.samples.append((m.vm, self._record(m, proc,
+                                                             devstat)))
                     if not proc.zombie:
                         continue
                 self._gone(pid, m)
@@ -127,10 +137,10 @@ class Prober:
                           for t in self.kernel.threads(proc.pid)
                           if (m := _VCPU.fullmatch(t.name))),
                          key=lambda t: t.id)
-        disks = tuple(Disk(path, -1, 0, 0, None, None)
+        disks = tuple(Disk(path, -1, 0, 0, None, bhyve.geom_name(path))
                       for path in files.disks)
         return VM(
-            ref=VMRef(uuid, name, f"{self._boot}-{proc.pid}-"
+            ref=VMRef(uuid, name, f"{self.boot_id}-{proc.pid}-"
                       f"{proc.start_us}", "bhyve"),
             pid=proc.pid, start_ticks=proc.start_us,
             start_ns=proc.start_us * 1000, comm=proc.comm, uid=proc.uid,
@@ -154,7 +164,8 @@ class Prober:
 
     # --- sampling ---------------------------------------------------------
 
-    def _record(self, m: _Metered, proc: Proc) -> dict[str, Any]:
+    def _record(self, m: _Metered, proc: Proc,
+                devstat: dict[int, bhyve.DevStat]) -> dict[str, Any]:
         vm = m.vm
         threads = self.kernel.threads(vm.pid)
         runtimes = {t.tid: t.runtime_us for t in threads}
@@ -172,7 +183,7 @@ class Prober:
                     else proc.rss_bytes},
             "nics": self._nics(vm),
             "io": {"rd_ops": proc.inblock, "wr_ops": proc.oublock},
-            "disks": self._disks(vm, threads)}
+            "disks": self._disks(vm, threads, devstat)}
         exits = _sum(bhyve.exit_counters(s) for s in stats.values())
         if exits:
             out["kvm"] = exits
@@ -220,7 +231,29 @@ class Prober:
                                             bhyve.decode_if_data(raw)))
         return out
 
-    def _disks(self, vm: VM, threads: list[Thread]) -> list[dict[str, Any]]:
+    def _geom_ids(self) -> dict[str, int]:
+        try:
+            return bhyve.geom_provider_ids(self.kernel.geom_confxml())
+        except (OSError, bhyve.DecodeError):
+            return {}  # no per-device counters, everything else still
+
+    def _devstat(self) -> dict[int, bhyve.DevStat]:
+        """One kern.devstat.all read per sweep, when a VM has a disk
+        device GEOM knows."""
+        if not any(d.block_device in self._geom for m in self._metered.values()
+                   for d in m.vm.disks):
+            return {}
+        for _ in range(3):  # a record being updated: read again
+            try:
+                stats, torn = bhyve.decode_devstat(self.kernel.devstat())
+            except (OSError, bhyve.DecodeError):
+                return {}
+            if not torn:
+                break
+        return stats
+
+    def _disks(self, vm: VM, threads: list[Thread],
+               devstat: dict[int, bhyve.DevStat]) -> list[dict[str, Any]]:
         ops = bhyve.block_ops_per_disk(threads, len(vm.disks))
         out = []
         for i, disk in enumerate(vm.disks):
@@ -230,7 +263,11 @@ class Prober:
                 rec["capacity_bytes"] = size[0]
                 if size[1] is not None:
                     rec["allocated_bytes"] = size[1]
-            if ops is not None:
+            device = devstat.get(self._geom.get(disk.block_device or "", 0))
+            if device is not None:  # the device's own totals
+                rec.update(rd_bytes=device.rd_bytes, wr_bytes=device.wr_bytes,
+                           rd_ops=device.rd_ops, wr_ops=device.wr_ops)
+            elif ops is not None:
                 rec["rd_ops"], rec["wr_ops"] = ops[i]
             out.append(rec)
         return out

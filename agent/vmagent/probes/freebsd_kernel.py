@@ -44,7 +44,8 @@ class Thread:
 class Kernel(Protocol):
     """The FreeBSD kernel interfaces the probes read: kinfo_proc (with
     threads), kern.proc.filedesc, the vmm ioctls on /dev/vmm/<name>, the
-    taps' if_data, disk sizes, and the VM managers' configuration."""
+    taps' if_data, disk sizes and devstat, and the VM managers'
+    configuration."""
 
     def boot_time_us(self) -> int: ...
     def tsc_freq(self) -> int: ...  # 0 where there is none
@@ -58,6 +59,8 @@ class Kernel(Protocol):
     def sysmem_bytes(self, vm: str) -> int | None: ...
     def if_data(self, ifname: str) -> bytes | None: ...
     def file_size(self, path: str) -> tuple[int, int | None] | None: ...
+    def devstat(self) -> bytes: ...  # kern.devstat.all
+    def geom_confxml(self) -> str: ...  # kern.geom.confxml
     def manager_uuid(self, name: str) -> str | None: ...
     def forget(self, vm: str) -> None: ...  # a VM is gone: drop its fd
 
@@ -216,6 +219,24 @@ class NativeKernel:
                 path.encode(), out), f"DIOCGMEDIASIZE of {path}"), None
         except OSError:
             return None
+
+    def _sysctl_name(self, name: str) -> bytes:
+        size = self.ffi.new("size_t *", 0)
+        self._check(self.lib.vmprobe_fbsd_sysctl_name(name.encode(),
+                                                      self.ffi.NULL, size),
+                    f"{name} size")
+        size[0] += size[0] // 4 + 4096  # devices added meanwhile
+        buf = self.ffi.new("unsigned char[]", size[0])
+        self._check(self.lib.vmprobe_fbsd_sysctl_name(name.encode(), buf,
+                                                      size), name)
+        return bytes(self.ffi.buffer(buf, size[0]))
+
+    def devstat(self) -> bytes:
+        return self._sysctl_name("kern.devstat.all")
+
+    def geom_confxml(self) -> str:
+        raw = self._sysctl_name("kern.geom.confxml")
+        return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
     def manager_uuid(self, name: str) -> str | None:
         return vm_managers.manager_uuid(name, self.root)
