@@ -305,6 +305,11 @@ int vmprobe_fbsd_vm_sysmem(int fd, uint64_t *bytes);
  * interface. */
 int vmprobe_fbsd_if_data(const char *ifname, unsigned char *buf, size_t len);
 
+/* rctl_get_racct(2) of process pid ("name=value,..." for
+ * vmprobe_racct_parse).  ENOSYS: RACCT is off (kern.racct.enable=0) or
+ * not in the kernel. */
+int vmprobe_fbsd_racct(int pid, char *buf, size_t len);
+
 /* DIOCGMEDIASIZE of a disk device (a zvol, a GEOM provider). */
 int vmprobe_fbsd_media_size(const char *path, uint64_t *bytes);
 

@@ -64,6 +64,12 @@ int vmprobe_fbsd_if_data(const char *ifname, unsigned char *buf, size_t len)
     UNSUPPORTED;
 }
 
+int vmprobe_fbsd_racct(int pid, char *buf, size_t len)
+{
+    (void)pid, (void)buf, (void)len;
+    UNSUPPORTED;
+}
+
 int vmprobe_fbsd_media_size(const char *path, uint64_t *bytes)
 {
     (void)path, (void)bytes;

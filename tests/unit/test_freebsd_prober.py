@@ -36,6 +36,7 @@ class FakeKernel:
         self.layout = bhyve.LAYOUT_14
         self.forgotten: list[str] = []
         self.devstats = devstat_all()
+        self.racct_text: str | None = None
 
     def boot_time_us(self): return BOOT
     def tsc_freq(self): return 2_000_000_000
@@ -47,6 +48,7 @@ class FakeKernel:
     def file_size(self, path): return self.sizes.get(path)
     def manager_uuid(self, name): return self.uuids.get(name)
     def geom_confxml(self): return CONFXML
+    def racct(self, pid): return self.racct_text
     def devstat(self): return self.devstats
     def sysmem_bytes(self, vm): return self.sysmem.get(vm)
     def forget(self, vm): self.forgotten.append(vm)
@@ -250,3 +252,16 @@ def test_block_ops_per_disk_only_when_slots_and_disks_agree(kernel):
     assert [set(d) for d in s["disks"]] == [{"path", "capacity_bytes",
                                              "allocated_bytes"}, {"path"}]
     assert s["io"] == {"rd_ops": 11, "wr_ops": 22}  # the process's, still
+
+
+def test_racct_io_is_a_one_second_gauge_where_racct_is_on(kernel):
+    with freebsd.Prober("h1") as p:
+        p.discover()
+        [(_, off)] = p.sample().samples
+        kernel.racct_text = ("cputime=3,memoryuse=52428800,readbps=4096,"
+                             "writebps=8192,readiops=1,writeiops=2,pcpu=0")
+        [(_, on)] = p.sample().samples
+    assert "activity" not in off
+    assert on["activity"] == {"rd_bytes_1s": 4096, "wr_bytes_1s": 8192,
+                              "rd_ops_1s": 1, "wr_ops_1s": 2}
+    assert on["io"] == {"rd_ops": 11, "wr_ops": 22}  # totals stay rusage's

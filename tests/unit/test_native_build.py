@@ -86,6 +86,7 @@ def test_native_kernel_vmm_calls_reach_the_syscall_layer(kernel,
 def test_native_kernel_optional_facts_are_absent_not_errors(kernel,
                                                             tmp_path):
     assert kernel.tsc_freq() == 0
+    assert kernel.racct(1) is None and kernel.racct(1) is None  # ENOSYS
     assert kernel.file_size("/dev/null") is None  # DIOCGMEDIASIZE: ENOSYS
     image = tmp_path / "disk.img"
     image.write_bytes(b"x" * 4096)

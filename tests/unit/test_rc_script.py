@@ -71,3 +71,18 @@ def test_sample_config_is_valid():
 
     cfg = config.load(ROOT / "packaging/freebsd/files/vmagent.toml.sample")
     assert cfg.probes.acct_file == "/var/account/acct"
+
+
+def test_the_port_depends_on_every_runtime_dependency():
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        import tomli as tomllib
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    needed = {re.split(r"[<>=; ]", d)[0] for d in meta["dependencies"]
+              if "python_version < '3.11'" not in d}
+    make = (ROOT / "packaging/freebsd/Makefile").read_text()
+    run = make[make.index("RUN_DEPENDS="):make.index("USES=")]
+    have = set(re.findall(r"\$\{PYTHON_PKGNAMEPREFIX\}([\w-]+)>=", run))
+    assert needed | {"sqlite3"} <= have  # sqlite3: CBSD UUIDs

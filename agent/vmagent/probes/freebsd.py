@@ -28,6 +28,8 @@ from vmagent.probes.types import VM, Disk, Nic, Sweep, VcpuThread, VMRef, \
 #: errata W1): read them at most this often, and keep the last values.
 VM_STATS_EVERY_S = 10.0
 _VCPU = re.compile(r"vcpu (\d+)")
+_ACTIVITY = {"readbps": "rd_bytes_1s", "writebps": "wr_bytes_1s",
+             "readiops": "rd_ops_1s", "writeiops": "wr_ops_1s"}
 
 
 @dataclass
@@ -184,10 +186,26 @@ class Prober:
             "nics": self._nics(vm),
             "io": {"rd_ops": proc.inblock, "wr_ops": proc.oublock},
             "disks": self._disks(vm, threads, devstat)}
+        activity = self._activity(proc.pid)
+        if activity:
+            out["activity"] = activity
         exits = _sum(bhyve.exit_counters(s) for s in stats.values())
         if exits:
             out["kvm"] = exits
         return out
+
+    def _activity(self, pid: int) -> dict[str, int]:
+        """RACCT's I/O of the last second (kernel_counters errata W4: reset
+        every second, so a gauge, never summed), where RACCT is on."""
+        text = self.kernel.racct(pid)
+        if not text:
+            return {}
+        try:
+            racct = bhyve.parse_racct(text)
+        except bhyve.DecodeError:
+            return {}
+        return {key: racct[name] for name, key in _ACTIVITY.items()
+                if name in racct}
 
     def _vm_stats(self, m: _Metered) -> dict[int, dict[str, int]]:
         """Named VM_STATS per vCPU id, re-read at most every 10 s."""

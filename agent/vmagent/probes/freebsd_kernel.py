@@ -59,6 +59,7 @@ class Kernel(Protocol):
     def sysmem_bytes(self, vm: str) -> int | None: ...
     def if_data(self, ifname: str) -> bytes | None: ...
     def file_size(self, path: str) -> tuple[int, int | None] | None: ...
+    def racct(self, pid: int) -> str | None: ...  # None: RACCT is off
     def devstat(self) -> bytes: ...  # kern.devstat.all
     def geom_confxml(self) -> str: ...  # kern.geom.confxml
     def manager_uuid(self, name: str) -> str | None: ...
@@ -74,6 +75,7 @@ class NativeKernel:
         self._vmm: dict[str, int] = {}  # VM name -> /dev/vmm/<name> fd
         self._layout = lib.VMPROBE_VM_STATS_14  # errata W3: 14+ first
         self._tsc: int | None = None
+        self._racct = True  # until the kernel says RACCT is off
         self._page = os.sysconf("SC_PAGE_SIZE")
 
     def _check(self, rc: int, what: str) -> None:
@@ -230,6 +232,16 @@ class NativeKernel:
         self._check(self.lib.vmprobe_fbsd_sysctl_name(name.encode(), buf,
                                                       size), name)
         return bytes(self.ffi.buffer(buf, size[0]))
+
+    def racct(self, pid: int) -> str | None:
+        if not self._racct:
+            return None
+        buf = self.ffi.new("char[]", 4096)
+        if self.lib.vmprobe_fbsd_racct(pid, buf, len(buf)) == 0:
+            return self.ffi.string(buf).decode("ascii", "replace")
+        if self.ffi.errno == errno.ENOSYS:
+            self._racct = False  # kern.racct.enable=0: not asked again
+        return None  # also ESRCH (gone), EPERM (in a jail)
 
     def devstat(self) -> bytes:
         return self._sysctl_name("kern.devstat.all")
