@@ -20,7 +20,7 @@ class Proc:
 
     pid: int
     comm: str  # ki_comm ("bhyve")
-    title: str  # kern.proc.args: "bhyve: <name>"
+    title: str  # kern.proc.args: "bhyve: <name>" (discovery only)
     uid: int  # ki_ruid
     start_us: int  # ki_start, Unix µs
     runtime_us: int  # ki_runtime
@@ -114,10 +114,10 @@ class NativeKernel:
                 self._check(rc, f"kern.proc for pid {pid}")
             n = count[0] + 16  # it grew in between
 
-    def _proc(self, p: Any) -> Proc:
+    def _proc(self, p: Any, title: str = "") -> Proc:
         return Proc(pid=p.pid, comm=self.ffi.string(p.comm).decode(
                         "utf-8", "replace"),
-                    title=self._title(p.pid), uid=p.uid,
+                    title=title, uid=p.uid,
                     start_us=p.start_us, runtime_us=p.runtime_us,
                     utime_us=p.utime_us, stime_us=p.stime_us,
                     inblock=p.inblock, oublock=p.oublock,
@@ -142,8 +142,8 @@ class NativeKernel:
         return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
     def bhyve_processes(self) -> list[Proc]:
-        return [self._proc(p) for p in self._procs(-1, False, b"bhyve")
-                if not p.zombie]
+        return [self._proc(p, self._title(p.pid))
+                for p in self._procs(-1, False, b"bhyve") if not p.zombie]
 
     def process(self, pid: int) -> Proc | None:
         try:
