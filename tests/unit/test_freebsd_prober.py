@@ -85,8 +85,8 @@ def kernel(monkeypatch):
     k.files[700] = b"".join([kinfo_file(3, "/dev/vmm/web01"),
                              kinfo_file(4, "/dev/tap3"),
                              kinfo_file(5, "/vm/web01/disk0.img")])
-    k.stats[("web01", 0)] = [4_000_000_000, 100, 40, 1 << 30]
-    k.stats[("web01", 1)] = [2_000_000_000, 50, 20, 0]
+    k.stats[("web01", 0)] = [2_000_000_000, 100, 40, 1 << 30]
+    k.stats[("web01", 1)] = [1_000_000_000, 50, 20, 0]
     k.taps["tap3"] = if_data(ipk=10, ibytes=1000, opk=20, obytes=3000)
     k.sizes["/vm/web01/disk0.img"] = (20 << 30, 3 << 30)
     k.uuids["web01"] = "8e0b6b1c-3a5d-4f7e-9c2b-1d2e3f4a5b6c"
@@ -121,8 +121,11 @@ def test_a_sample_in_the_record_shapes(kernel):
         [(_, s)] = p.sample().samples
     assert s["cpu"]["total_ns"] == 3_000_000_000
     assert (s["cpu"]["user_ns"], s["cpu"]["system_ns"]) == (2 * 10**9, 10**9)
-    assert s["cpu"]["vcpus"] == [{"id": 0, "run_ns": 1_500_000_000},
-                                 {"id": 1, "run_ns": 900_000_000}]
+    # guest_ns: VM_STATS "vcpu total runtime" / tsc_freq (2 GHz)
+    assert s["cpu"]["vcpus"] == [
+        {"id": 0, "run_ns": 1_500_000_000, "guest_ns": 1_000_000_000},
+        {"id": 1, "run_ns": 900_000_000, "guest_ns": 500_000_000}]
+    assert s["cpu"]["guest_ns"] == 1_500_000_000
     assert s["mem"] == {"rss_bytes": 1 << 30}  # vmm "Resident memory"
     [nic] = s["nics"]
     assert (nic["rx_packets"], nic["rx_bytes"]) == (20, 3000)  # tap out

@@ -174,10 +174,13 @@ class Prober:
         cpu: dict[str, Any] = {"total_ns": proc.runtime_us * 1000,
                                "user_ns": proc.utime_us * 1000,
                                "system_ns": proc.stime_us * 1000}
-        if vm.vcpu_threads:
-            cpu["vcpus"] = [{"id": t.id, "run_ns": runtimes[t.tid] * 1000}
-                            for t in vm.vcpu_threads if t.tid in runtimes]
         stats = self._vm_stats(m)
+        if vm.vcpu_threads:
+            cpu["vcpus"] = [_vcpu(t.id, runtimes[t.tid], stats.get(t.id, {}))
+                            for t in vm.vcpu_threads if t.tid in runtimes]
+            guest = [v["guest_ns"] for v in cpu["vcpus"] if "guest_ns" in v]
+            if guest and len(guest) == len(cpu["vcpus"]):
+                cpu["guest_ns"] = sum(guest)
         resident = stats.get(0, {}).get(bhyve.RESIDENT)
         out: dict[str, Any] = {
             "vm": vm.ref.as_record(), "cpu": cpu,
@@ -289,6 +292,16 @@ class Prober:
                 rec["rd_ops"], rec["wr_ops"] = ops[i]
             out.append(rec)
         return out
+
+
+def _vcpu(vcpu_id: int, runtime_us: int,
+          named: dict[str, int]) -> dict[str, int]:
+    """A vCPU's thread run time, and its time in the VMRUN loop from
+    VM_STATS (TSC ticks / machdep.tsc_freq; at most VM_STATS_EVERY_S old)."""
+    out = {"id": vcpu_id, "run_ns": runtime_us * 1000}
+    if "run_ns" in named:
+        out["guest_ns"] = named["run_ns"]
+    return out
 
 
 def _sum(maps: Any) -> dict[str, int]:
