@@ -10,6 +10,7 @@ acked.
 
 from __future__ import annotations
 
+import http.client
 import json
 import ssl
 import urllib.error
@@ -69,6 +70,14 @@ class Client:
             req.add_header("Authorization", f"Bearer {self.token}")
         if ctype:
             req.add_header("Content-Type", ctype)
+        try:
+            return self._open(req)
+        except http.client.HTTPException as err:  # cut off mid-response:
+            raise ConnectionError(  # an agent restarting, like a refusal
+                f"{self.url}{path.split('?')[0]}: response cut off "
+                f"({type(err).__name__})") from None
+
+    def _open(self, req: urllib.request.Request) -> bytes:
         try:
             with urllib.request.urlopen(req, timeout=self.timeout,
                                         context=self.ssl_context) as resp:
