@@ -146,7 +146,7 @@ def test_vm_stats_only_for_real_vcpus_and_at_most_every_10s(kernel):
     assert kernel.stat_calls == [("web01", 0), ("web01", 1)]
 
 
-@pytest.mark.parametrize("code", [errno.ENOTTY, errno.EPERM])
+@pytest.mark.parametrize("code", [errno.ENOTTY, errno.EPERM, errno.ENXIO])
 def test_vm_stats_refused_still_samples_the_rest(kernel, code):
     kernel.stats_error = code
     with freebsd.Prober("h1") as p:

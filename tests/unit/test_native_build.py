@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import importlib.util
+import os
 import runpy
 import sys
 from pathlib import Path
@@ -57,8 +58,16 @@ def test_the_linux_build_has_no_freebsd_syscalls():
 
 
 @pytest.fixture
-def kernel(freebsd_build):
-    return NativeKernel(freebsd_build.ffi, freebsd_build.lib)
+def vmm_dir(tmp_path):
+    """Stands in for /dev/vmm: one entry per VM name."""
+    (tmp_path / "web01").write_bytes(b"")
+    return str(tmp_path)
+
+
+@pytest.fixture
+def kernel(freebsd_build, vmm_dir):
+    return NativeKernel(freebsd_build.ffi, freebsd_build.lib,
+                        vmm_dir=vmm_dir)
 
 
 @pytest.mark.parametrize("call", [
@@ -71,10 +80,7 @@ def test_native_kernel_calls_reach_the_syscall_layer(kernel, call):
     assert err.value.errno == errno.ENOSYS
 
 
-def test_native_kernel_vmm_calls_reach_the_syscall_layer(kernel,
-                                                         monkeypatch):
-    # /dev/vmm/<name> does not exist here: hand over some fd instead
-    monkeypatch.setattr(kernel, "_fd", lambda vm: 0)
+def test_native_kernel_vmm_calls_reach_the_syscall_layer(kernel):
     for call in (lambda: kernel.vm_stats("web01", 0, 0),
                  lambda: kernel.stat_desc("web01", 0)):
         with pytest.raises(OSError) as err:
@@ -99,13 +105,19 @@ class Kernel13:
     ENOTTY for the 14+ layout, a reply for the 13 one."""
 
     def __init__(self, ffi, lib):
-        self.ffi, self.lib, self.layouts = ffi, lib, []
+        self.ffi, self.lib, self.layouts, self.fds = ffi, lib, [], []
+        self.destroyed = False
 
     def __getattr__(self, name):
         return getattr(self.lib, name)
 
     def vmprobe_fbsd_vm_stats(self, fd, layout, cpu, index, buf, n):
         self.layouts.append(layout)
+        self.fds.append(os.fstat(fd).st_ino)
+        if self.destroyed:  # the descriptor of a VM that is gone
+            self.destroyed = False
+            self.ffi.errno = errno.ENXIO
+            return -1
         if layout == self.lib.VMPROBE_VM_STATS_14:
             self.ffi.errno = errno.ENOTTY
             return -1
@@ -113,11 +125,9 @@ class Kernel13:
         return 0
 
 
-def test_vm_stats_falls_back_to_the_13_layout_once(freebsd_build,
-                                                   monkeypatch):
+def test_vm_stats_falls_back_to_the_13_layout_once(freebsd_build, vmm_dir):
     fake = Kernel13(freebsd_build.ffi, freebsd_build.lib)
-    kernel = NativeKernel(freebsd_build.ffi, fake)
-    monkeypatch.setattr(kernel, "_fd", lambda vm: 0)
+    kernel = NativeKernel(freebsd_build.ffi, fake, vmm_dir=vmm_dir)
     first = kernel.vm_stats("web01", 1, 0)
     second = kernel.vm_stats("web01", 2, 0)
     lib = freebsd_build.lib
@@ -125,3 +135,20 @@ def test_vm_stats_falls_back_to_the_13_layout_once(freebsd_build,
     assert fake.layouts == [lib.VMPROBE_VM_STATS_14, lib.VMPROBE_VM_STATS_13,
                             lib.VMPROBE_VM_STATS_13]
     assert first[1][0] == 1 and second[1][0] == 2
+
+
+def test_a_vm_made_anew_under_its_name_is_opened_again(freebsd_build,
+                                                      vmm_dir):
+    fake = Kernel13(freebsd_build.ffi, freebsd_build.lib)
+    kernel = NativeKernel(freebsd_build.ffi, fake, vmm_dir=vmm_dir)
+    kernel.vm_stats("web01", 0, 0)
+    entry = os.path.join(vmm_dir, "web01")
+    os.unlink(entry)  # destroyed; a new VM of that name has a new node
+    with open(entry, "wb"):
+        pass
+    fake.destroyed = True
+    layout, raw = kernel.vm_stats("web01", 0, 0)
+    assert raw[0] == 0 and fake.fds[-1] == os.stat(entry).st_ino
+    assert fake.fds[-2] != fake.fds[-1]  # the ENXIO came on the old one
+    kernel.forget("web01")
+    assert kernel._vmm == {}

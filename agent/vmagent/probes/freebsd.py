@@ -219,7 +219,8 @@ class Prober:
             for t in m.vm.vcpu_threads:  # never ids beyond the real vCPUs
                 m.stats[t.id] = self._one_vcpu(m, name, t.id)
         except OSError as err:
-            if err.errno not in (errno.ENOENT, errno.EPERM, errno.ENOTTY):
+            if err.errno not in (errno.ENOENT, errno.ENXIO, errno.EPERM,
+                                 errno.ENOTTY):
                 raise
         m.stats_at = time.monotonic()
         return m.stats

@@ -70,8 +70,9 @@ class NativeKernel:
     """``Kernel`` over the vmprobe_fbsd_* calls: one syscall per method,
     two where a size must be asked first."""
 
-    def __init__(self, ffi: Any, lib: Any, root: str = "/") -> None:
-        self.ffi, self.lib, self.root = ffi, lib, root
+    def __init__(self, ffi: Any, lib: Any, root: str = "/",
+                 vmm_dir: str = "/dev/vmm") -> None:
+        self.ffi, self.lib, self.root, self.vmm_dir = ffi, lib, root, vmm_dir
         self._vmm: dict[str, int] = {}  # VM name -> /dev/vmm/<name> fd
         self._layout = lib.VMPROBE_VM_STATS_14  # errata W3: 14+ first
         self._tsc: int | None = None
@@ -168,17 +169,157 @@ class NativeKernel:
     def filedesc(self, pid: int) -> bytes:
         return self._proc_sysctl(self.lib.VMPROBE_FBSD_FILEDESC, pid)
 
-    def _fd(self, vm: str) -> int:
-        if vm not in self._vmm:
-            self._vmm[vm] = os.open(os.path.join("/dev/vmm", vm),
+    def _vmm_fd(self, vm: str) -> int:
+        if vm not in self._vmm:  # opened once and kept
+            self._vmm[vm] = os.open(os.path.join(self.vmm_dir, vm),
                                     os.O_RDWR | os.O_CLOEXEC)
         return self._vmm[vm]
+
+    def _vmm_call(self, vm: str, call: Any) -> int:
+        """``call(fd)`` on /dev/vmm/<vm>; once more on a fresh descriptor
+        when the VM was destroyed and made anew under the same name (the
+        old descriptor then answers ENXIO)."""
+        rc = int(call(self._vmm_fd(vm)))
+        if rc != 0 and self.ffi.errno == errno.ENXIO:
+            self.forget(vm)
+            rc = int(call(self._vmm_fd(vm)))
+        return rc
+
+    def vm_stats(self, vm: str, cpu: int,
+                 index: int) -> tuple[int, bytes]: ...  # (layout, reply)
+    def stat_desc(self, vm: str, index: int) -> bytes: ...
+    def sysmem_bytes(self, vm: str) -> int | None: ...
+    def if_data(self, ifname: str) -> bytes | None: ...
+    def file_size(self, path: str) -> tuple[int, int | None] | None: ...
+    def racct(self, pid: int) -> str | None: ...  # None: RACCT is off
+    def devstat(self) -> bytes: ...  # kern.devstat.all
+    def geom_confxml(self) -> str: ...  # kern.geom.confxml
+    def manager_uuid(self, name: str) -> str | None: ...
+    def forget(self, vm: str) -> None: ...  # a VM is gone: drop its fd
+
+
+class NativeKernel:
+    """``Kernel`` over the vmprobe_fbsd_* calls: one syscall per method,
+    two where a size must be asked first."""
+
+    def __init__(self, ffi: Any, lib: Any, root: str = "/",
+                 vmm_dir: str = "/dev/vmm") -> None:
+        self.ffi, self.lib, self.root, self.vmm_dir = ffi, lib, root, vmm_dir
+        self._vmm: dict[str, int] = {}  # VM name -> /dev/vmm/<name> fd
+        self._layout = lib.VMPROBE_VM_STATS_14  # errata W3: 14+ first
+        self._tsc: int | None = None
+        self._racct = True  # until the kernel says RACCT is off
+        self._page = os.sysconf("SC_PAGE_SIZE")
+
+    def _check(self, rc: int, what: str) -> None:
+        if rc != 0:
+            code = self.ffi.errno
+            raise OSError(code, f"{what}: {os.strerror(code)}")
+
+    def _u64(self, fn: Any, what: str, ctype: str = "uint64_t *") -> int:
+        out = self.ffi.new(ctype)
+        self._check(fn(out), what)
+        return int(out[0])
+
+    def boot_time_us(self) -> int:
+        return self._u64(self.lib.vmprobe_fbsd_boottime_us, "kern.boottime",
+                         "int64_t *")
+
+    def tsc_freq(self) -> int:
+        if self._tsc is None:
+            try:
+                self._tsc = self._u64(self.lib.vmprobe_fbsd_tsc_freq,
+                                      "machdep.tsc_freq")
+            except OSError:
+                self._tsc = 0  # not amd64: vCPU run time from threads only
+        return self._tsc
+
+    def _procs(self, pid: int, threads: bool, comm: bytes | None) -> list[Any]:
+        n = 64
+        while True:
+            out = self.ffi.new("struct vmprobe_fbsd_proc[]", n)
+            count = self.ffi.new("size_t *", n)
+            rc = self.lib.vmprobe_fbsd_procs(pid, int(threads),
+                                             comm or self.ffi.NULL, out, count)
+            if rc == 0:
+                return [out[i] for i in range(count[0])]
+            if self.ffi.errno != errno.ENOMEM or count[0] <= n:
+                self._check(rc, f"kern.proc for pid {pid}")
+            n = count[0] + 16  # it grew in between
+
+    def _proc(self, p: Any, title: str = "") -> Proc:
+        return Proc(pid=p.pid, comm=self.ffi.string(p.comm).decode(
+                        "utf-8", "replace"),
+                    title=title, uid=p.uid,
+                    start_us=p.start_us, runtime_us=p.runtime_us,
+                    utime_us=p.utime_us, stime_us=p.stime_us,
+                    inblock=p.inblock, oublock=p.oublock,
+                    rss_bytes=p.rss_pages * self._page, zombie=bool(p.zombie))
+
+    def _proc_sysctl(self, what: int, pid: int) -> bytes:
+        size = self.ffi.new("size_t *", 0)
+        self._check(self.lib.vmprobe_fbsd_proc_sysctl(what, pid,
+                                                      self.ffi.NULL, size),
+                    f"kern.proc size for pid {pid}")
+        size[0] += size[0] // 4 + 1024  # room for files opened meanwhile
+        buf = self.ffi.new("unsigned char[]", size[0])
+        self._check(self.lib.vmprobe_fbsd_proc_sysctl(what, pid, buf, size),
+                    f"kern.proc for pid {pid}")
+        return bytes(self.ffi.buffer(buf, size[0]))
+
+    def _title(self, pid: int) -> str:
+        try:
+            raw = self._proc_sysctl(self.lib.VMPROBE_FBSD_ARGS, pid)
+        except OSError:
+            return ""  # gone, or not ours to read
+        return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+    def bhyve_processes(self) -> list[Proc]:
+        return [self._proc(p, self._title(p.pid))
+                for p in self._procs(-1, False, b"bhyve") if not p.zombie]
+
+    def process(self, pid: int) -> Proc | None:
+        try:
+            [p] = self._procs(pid, False, None)
+        except OSError as err:
+            if err.errno == errno.ESRCH:
+                return None
+            raise
+        return self._proc(p)
+
+    def threads(self, pid: int) -> list[Thread]:
+        try:
+            found = self._procs(pid, True, None)
+        except OSError as err:
+            if err.errno == errno.ESRCH:
+                return []
+            raise
+        return [Thread(t.tid, self.ffi.string(t.tdname).decode(
+                    "utf-8", "replace"), t.runtime_us, t.inblock, t.oublock)
+                for t in found]
+
+    def filedesc(self, pid: int) -> bytes:
+        return self._proc_sysctl(self.lib.VMPROBE_FBSD_FILEDESC, pid)
+
+    def _vmm_call(self, vm: str, call: Any) -> int:
+        """``call(fd)`` on /dev/vmm/<vm>, opened once and kept; opened
+        again if the VM was destroyed and made anew under the same name
+        (the old descriptor then answers ENXIO)."""
+        for attempt in (1, 2):
+            if vm not in self._vmm:
+                self._vmm[vm] = os.open(os.path.join(self.vmm_dir, vm),
+                                        os.O_RDWR | os.O_CLOEXEC)
+            rc = int(call(self._vmm[vm]))
+            if rc == 0 or self.ffi.errno != errno.ENXIO or attempt == 2:
+                return rc
+            self.forget(vm)
+        raise AssertionError("unreachable")
 
     def vm_stats(self, vm: str, cpu: int, index: int) -> tuple[int, bytes]:
         buf = self.ffi.new("unsigned char[]", 544)
         while True:
-            rc = self.lib.vmprobe_fbsd_vm_stats(self._fd(vm), self._layout,
-                                                cpu, index, buf, len(buf))
+            rc = self._vmm_call(vm, lambda fd: self.lib.vmprobe_fbsd_vm_stats(
+                fd, self._layout, cpu, index, buf, len(buf)))
             if rc == 0:
                 return self._layout, bytes(buf)
             if self.ffi.errno == errno.ENOTTY and \
@@ -189,15 +330,17 @@ class NativeKernel:
 
     def stat_desc(self, vm: str, index: int) -> bytes:
         buf = self.ffi.new("unsigned char[]", 132)
-        self._check(self.lib.vmprobe_fbsd_vm_stat_desc(self._fd(vm), index,
-                                                       buf, len(buf)),
+        self._check(self._vmm_call(vm, lambda fd: self.lib.
+                                   vmprobe_fbsd_vm_stat_desc(fd, index, buf,
+                                                             len(buf))),
                     f"VM_STAT_DESC {index} of {vm}")
         return bytes(buf)
 
     def sysmem_bytes(self, vm: str) -> int | None:
         try:
-            return self._u64(lambda out: self.lib.vmprobe_fbsd_vm_sysmem(
-                self._fd(vm), out), f"VM_GET_MEMSEG of {vm}")
+            return self._u64(lambda out: self._vmm_call(
+                vm, lambda fd: self.lib.vmprobe_fbsd_vm_sysmem(fd, out)),
+                f"VM_GET_MEMSEG of {vm}")
         except OSError:
             return None
 
