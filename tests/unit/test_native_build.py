@@ -152,3 +152,43 @@ def test_a_vm_made_anew_under_its_name_is_opened_again(freebsd_build,
     assert fake.fds[-2] != fake.fds[-1]  # the ENXIO came on the old one
     kernel.forget("web01")
     assert kernel._vmm == {}
+
+
+class ManyProcs:
+    """The FreeBSD selection's lib, but kern.proc lists 100 bhyve
+    processes (the last a zombie), answering ENOMEM while out is short."""
+
+    def __init__(self, ffi, lib):
+        self.ffi, self.lib, self.calls = ffi, lib, []
+
+    def __getattr__(self, name):
+        return getattr(self.lib, name)
+
+    def vmprobe_fbsd_procs(self, pid, threads, comm, out, n):
+        self.calls.append(n[0])
+        if n[0] < 100:
+            n[0] = 100
+            self.ffi.errno = errno.ENOMEM
+            return -1
+        for i in range(100):
+            out[i].pid, out[i].tid, out[i].rss_pages = 1000 + i, 5000 + i, i
+            out[i].zombie = int(i == 99)
+            out[i].comm = b"bhyve"
+            out[i].tdname = b"vcpu %d" % i
+        n[0] = 100
+        return 0
+
+
+def test_process_lists_grow_and_are_copied_out(freebsd_build):
+    import gc
+
+    fake = ManyProcs(freebsd_build.ffi, freebsd_build.lib)
+    kernel = NativeKernel(freebsd_build.ffi, fake)
+    procs = kernel.bhyve_processes()
+    gc.collect()  # the cffi array is gone: the values must not be
+    assert fake.calls == [64, 116]
+    assert [p.pid for p in procs] == list(range(1000, 1099))  # no zombie
+    assert procs[7].comm == "bhyve" and procs[7].title == ""  # ENOSYS
+    assert procs[7].rss_bytes == 7 * os.sysconf("SC_PAGE_SIZE")
+    threads = kernel.threads(1000)
+    assert (threads[3].tid, threads[3].name) == (5003, "vcpu 3")

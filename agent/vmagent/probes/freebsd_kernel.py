@@ -66,6 +66,11 @@ class Kernel(Protocol):
     def forget(self, vm: str) -> None: ...  # a VM is gone: drop its fd
 
 
+#: The integer fields of struct vmprobe_fbsd_proc.
+_PROC_INTS = ("pid", "tid", "uid", "zombie", "start_us", "runtime_us",
+              "utime_us", "stime_us", "inblock", "oublock", "rss_pages")
+
+
 class NativeKernel:
     """``Kernel`` over the vmprobe_fbsd_* calls: one syscall per method,
     two where a size must be asked first."""
@@ -109,20 +114,25 @@ class NativeKernel:
             count = self.ffi.new("size_t *", n)
             rc = self.lib.vmprobe_fbsd_procs(pid, int(threads),
                                              comm or self.ffi.NULL, out, count)
-            if rc == 0:
-                return [out[i] for i in range(count[0])]
+            if rc == 0:  # copied out: the array is freed on return
+                return [self._copy(out[i]) for i in range(count[0])]
             if self.ffi.errno != errno.ENOMEM or count[0] <= n:
                 self._check(rc, f"kern.proc for pid {pid}")
             n = count[0] + 16  # it grew in between
 
-    def _proc(self, p: Any, title: str = "") -> Proc:
-        return Proc(pid=p.pid, comm=self.ffi.string(p.comm).decode(
-                        "utf-8", "replace"),
-                    title=title, uid=p.uid,
-                    start_us=p.start_us, runtime_us=p.runtime_us,
-                    utime_us=p.utime_us, stime_us=p.stime_us,
-                    inblock=p.inblock, oublock=p.oublock,
-                    rss_bytes=p.rss_pages * self._page, zombie=bool(p.zombie))
+    def _copy(self, p: Any) -> dict[str, Any]:
+        out = {f: int(getattr(p, f)) for f in _PROC_INTS}
+        for f in ("comm", "tdname"):
+            out[f] = self.ffi.string(getattr(p, f)).decode("utf-8", "replace")
+        return out
+
+    def _proc(self, p: dict[str, Any], title: str = "") -> Proc:
+        return Proc(pid=p["pid"], comm=p["comm"], title=title, uid=p["uid"],
+                    start_us=p["start_us"], runtime_us=p["runtime_us"],
+                    utime_us=p["utime_us"], stime_us=p["stime_us"],
+                    inblock=p["inblock"], oublock=p["oublock"],
+                    rss_bytes=p["rss_pages"] * self._page,
+                    zombie=bool(p["zombie"]))
 
     def _proc_sysctl(self, what: int, pid: int) -> bytes:
         size = self.ffi.new("size_t *", 0)
@@ -143,8 +153,8 @@ class NativeKernel:
         return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
     def bhyve_processes(self) -> list[Proc]:
-        return [self._proc(p, self._title(p.pid))
-                for p in self._procs(-1, False, b"bhyve") if not p.zombie]
+        return [self._proc(p, self._title(p["pid"]))
+                for p in self._procs(-1, False, b"bhyve") if not p["zombie"]]
 
     def process(self, pid: int) -> Proc | None:
         try:
@@ -162,9 +172,8 @@ class NativeKernel:
             if err.errno == errno.ESRCH:
                 return []
             raise
-        return [Thread(t.tid, self.ffi.string(t.tdname).decode(
-                    "utf-8", "replace"), t.runtime_us, t.inblock, t.oublock)
-                for t in found]
+        return [Thread(t["tid"], t["tdname"], t["runtime_us"], t["inblock"],
+                       t["oublock"]) for t in found]
 
     def filedesc(self, pid: int) -> bytes:
         return self._proc_sysctl(self.lib.VMPROBE_FBSD_FILEDESC, pid)
@@ -198,6 +207,11 @@ class NativeKernel:
     def forget(self, vm: str) -> None: ...  # a VM is gone: drop its fd
 
 
+#: The integer fields of struct vmprobe_fbsd_proc.
+_PROC_INTS = ("pid", "tid", "uid", "zombie", "start_us", "runtime_us",
+              "utime_us", "stime_us", "inblock", "oublock", "rss_pages")
+
+
 class NativeKernel:
     """``Kernel`` over the vmprobe_fbsd_* calls: one syscall per method,
     two where a size must be asked first."""
@@ -241,20 +255,25 @@ class NativeKernel:
             count = self.ffi.new("size_t *", n)
             rc = self.lib.vmprobe_fbsd_procs(pid, int(threads),
                                              comm or self.ffi.NULL, out, count)
-            if rc == 0:
-                return [out[i] for i in range(count[0])]
+            if rc == 0:  # copied out: the array is freed on return
+                return [self._copy(out[i]) for i in range(count[0])]
             if self.ffi.errno != errno.ENOMEM or count[0] <= n:
                 self._check(rc, f"kern.proc for pid {pid}")
             n = count[0] + 16  # it grew in between
 
-    def _proc(self, p: Any, title: str = "") -> Proc:
-        return Proc(pid=p.pid, comm=self.ffi.string(p.comm).decode(
-                        "utf-8", "replace"),
-                    title=title, uid=p.uid,
-                    start_us=p.start_us, runtime_us=p.runtime_us,
-                    utime_us=p.utime_us, stime_us=p.stime_us,
-                    inblock=p.inblock, oublock=p.oublock,
-                    rss_bytes=p.rss_pages * self._page, zombie=bool(p.zombie))
+    def _copy(self, p: Any) -> dict[str, Any]:
+        out = {f: int(getattr(p, f)) for f in _PROC_INTS}
+        for f in ("comm", "tdname"):
+            out[f] = self.ffi.string(getattr(p, f)).decode("utf-8", "replace")
+        return out
+
+    def _proc(self, p: dict[str, Any], title: str = "") -> Proc:
+        return Proc(pid=p["pid"], comm=p["comm"], title=title, uid=p["uid"],
+                    start_us=p["start_us"], runtime_us=p["runtime_us"],
+                    utime_us=p["utime_us"], stime_us=p["stime_us"],
+                    inblock=p["inblock"], oublock=p["oublock"],
+                    rss_bytes=p["rss_pages"] * self._page,
+                    zombie=bool(p["zombie"]))
 
     def _proc_sysctl(self, what: int, pid: int) -> bytes:
         size = self.ffi.new("size_t *", 0)
@@ -275,8 +294,8 @@ class NativeKernel:
         return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
     def bhyve_processes(self) -> list[Proc]:
-        return [self._proc(p, self._title(p.pid))
-                for p in self._procs(-1, False, b"bhyve") if not p.zombie]
+        return [self._proc(p, self._title(p["pid"]))
+                for p in self._procs(-1, False, b"bhyve") if not p["zombie"]]
 
     def process(self, pid: int) -> Proc | None:
         try:
@@ -294,9 +313,8 @@ class NativeKernel:
             if err.errno == errno.ESRCH:
                 return []
             raise
-        return [Thread(t.tid, self.ffi.string(t.tdname).decode(
-                    "utf-8", "replace"), t.runtime_us, t.inblock, t.oublock)
-                for t in found]
+        return [Thread(t["tid"], t["tdname"], t["runtime_us"], t["inblock"],
+                       t["oublock"]) for t in found]
 
     def filedesc(self, pid: int) -> bytes:
         return self._proc_sysctl(self.lib.VMPROBE_FBSD_FILEDESC, pid)
