@@ -58,9 +58,10 @@ class PidfdWatcher(_Watcher):
     def watch(self, pid: int) -> None:
         try:
             fd = os.pidfd_open(pid)
-        except OSError:
-            self.on_exit(pid, None)  # already gone
-            return
+        except OSError as err:
+            if err.errno == errno.ESRCH:
+                self.on_exit(pid, None)  # already gone
+            return  # else (EMFILE...) the sweeps notice its exit
         with self._lock:
             self._fds[fd] = pid
         self._wake()
@@ -102,9 +103,9 @@ class KqueueWatcher(_Watcher):
             self._kq.control([k.kevent(pid, k.KQ_FILTER_PROC, k.KQ_EV_ADD,
                                        k.KQ_NOTE_EXIT)], 0)
         except OSError as err:
-            if err.errno != errno.ESRCH:
-                raise
-            self.on_exit(pid, None)  # already gone
+            if err.errno == errno.ESRCH:
+                self.on_exit(pid, None)  # already gone
+            # else (EPERM, ENOMEM): the sweeps notice its exit
 
     def _run(self) -> None:
         k = self._kq_mod

@@ -144,3 +144,21 @@ def test_bhyve_exit_codes(code, reason):
     _, status = os.waitpid(pid, 0)
     assert exit_fields(status) == {"code": code}
     assert bhyve.exit_reason(code) == reason
+
+
+class RefusingKqueue(LinuxKqueue):
+    def control(self, changes, max_events, timeout=None):
+        if changes and changes[0].filter == self.KQ_FILTER_PROC:
+            raise OSError(errno.EPERM, "Operation not permitted")
+        return super().control(changes, max_events, timeout)
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="needs pidfds")
+def test_a_process_that_cannot_be_watched_is_left_to_the_sweeps():
+    exits = Exits()
+    watcher = KqueueWatcher(exits, kq=RefusingKqueue())
+    try:
+        watcher.watch(os.getpid())  # no exception, no exit reported
+    finally:
+        watcher.close()
+    assert exits.calls == []
