@@ -228,9 +228,10 @@ struct vmprobe_racct {
 };
 int vmprobe_racct_parse(const char *buf, size_t len, struct vmprobe_racct *out);
 
-/* A kern.devstat.all reply: a long generation, then struct devstat records
- * (sys/sys/devicestat.h).  GEOM providers' records carry the provider's id
- * (kern.geom.confxml <provider id="0x...">) and no name. */
+/* The pages of /dev/devstat (sys/kern/subr_devstat.c), which hold every
+ * struct devstat, GEOM providers' included (kern.devstat.all leaves those
+ * out): page_size / 288 records a page, the rest padding.  A provider's
+ * record carries its id (kern.geom.confxml <provider id="0x...">). */
 #define VMPROBE_DEVSTAT_SIZE 288   /* struct devstat, LP64 */
 struct vmprobe_devstat {
     uint64_t id;
@@ -239,13 +240,13 @@ struct vmprobe_devstat {
     uint64_t rd_bytes, wr_bytes, free_bytes;  /* bytes[DEVSTAT_READ...] */
     uint64_t rd_ops, wr_ops, free_ops;        /* operations[...] */
 };
-/* Decodes up to max records into out; returns how many were stored, or
- * -1/EINVAL when len is not a generation plus whole records.  A record the
- * kernel was updating (sequence0 != sequence1) is left out and counted in
- * *torn. */
+/* Decodes up to max allocated records with an id into out; returns how
+ * many were stored, or -1/EINVAL when len is not whole pages of at least
+ * one record.  A record the kernel was updating (sequence0 != sequence1)
+ * is left out and counted in *torn. */
 int vmprobe_devstat_decode(const unsigned char *buf, size_t len,
-                           struct vmprobe_devstat *out, size_t max,
-                           size_t *torn);
+                           size_t page_size, struct vmprobe_devstat *out,
+                           size_t max, size_t *torn);
 
 /* freebsd-begin: the FreeBSD syscall layer (native/freebsd/); the cdef of
  * other platforms leaves everything up to freebsd-end out.  Each call is one
@@ -282,7 +283,7 @@ int vmprobe_fbsd_proc_sysctl(int what, int pid, unsigned char *buf,
                              size_t *len);
 
 /* A sysctl by name into buf (*len: room in, bytes out); buf NULL asks for
- * the size.  vmagent reads kern.devstat.all and kern.geom.confxml. */
+ * the size.  vmagent reads kern.geom.confxml. */
 int vmprobe_fbsd_sysctl_name(const char *name, unsigned char *buf,
                              size_t *len);
 
@@ -297,7 +298,8 @@ int vmprobe_fbsd_vm_stats(int fd, int layout, int cpu, int index,
 /* VM_STAT_DESC: the 132-byte reply for vmprobe_vm_stat_desc_decode. */
 int vmprobe_fbsd_vm_stat_desc(int fd, int index, unsigned char *buf,
                               size_t len);
-/* VM_GET_MEMSEG of the guest's system memory: its size in bytes. */
+/* The guest's RAM in bytes: its mappings of system memory segments
+ * (VM_MMAP_GETNEXT, VM_GET_MEMSEG). */
 int vmprobe_fbsd_vm_sysmem(int fd, uint64_t *bytes);
 
 /* The struct if_data of an interface (sysctl net.link.generic.ifdata.

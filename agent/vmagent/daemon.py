@@ -42,6 +42,8 @@ VMS_FILE = "vms.json"
 ENDED_KEPT_S = 86400.0  # exited gens stay matchable by accounting a day
 LINK_WAIT_S = 0.5  # for a deleted tap's RTM_DELLINK after its VM exited
 INVENTORY_EVERY_S = 60.0
+EXIT_RECHECK_S = 0.05  # an exit reported before the kernel shows it:
+EXIT_RECHECKS = 20  # look again this often, this many times
 CLOCK_STEP_NS = 1_000_000_000  # wall clock moved 1 s more than monotonic
 SCHEMA = 1
 
@@ -90,6 +92,7 @@ class Agent:
                                  state / "acct.position")
         self.acct_counts = {"matched": 0, "unmatched": 0, "ambiguous": 0}
         self._exited: dict[int, int | None] = {}  # pid -> wait status
+        self._rechecks: dict[int, int] = {}  # pid -> sweeps since its exit
         self.exit_event = threading.Event()
         self.exits = exit_watcher(self._on_exit)
         self.links = LinkWatcher(cfg.probes.sysfs)
@@ -191,6 +194,7 @@ class Agent:
         self._ended[vm.ref.gen] = (time.monotonic(), vm)
         noticed = vm.pid in self._exited
         status = self._exited.pop(vm.pid, None)
+        self._rechecks.pop(vm.pid, None)
         source = (self.exits.mechanism or "poll") if noticed else "poll"
         last = self._last_sample.pop(vm.ref.gen, {})
         rec: dict[str, Any] = {"kind": "vm_stop", "t": t,
@@ -257,6 +261,17 @@ class Agent:
         self._exited[pid] = status
         self.exit_event.set()
         self.wake.set()
+
+    def _exit_pending(self) -> bool:
+        """An exit was reported for a VM the last sweep still saw running
+        (FreeBSD posts NOTE_EXIT before the process is a zombie): sweep
+        again shortly, EXIT_RECHECKS times at most."""
+        running = {vm.pid for vm in self._known.values()}
+        pending = [pid for pid in self._exited if pid in running and
+                   self._rechecks.get(pid, 0) < EXIT_RECHECKS]
+        for pid in pending:
+            self._rechecks[pid] = self._rechecks.get(pid, 0) + 1
+        return bool(pending)
 
     def _clock_step(self, t: int) -> list[dict[str, Any]]:
         """A ``clock_step`` record when the wall clock moved against the
@@ -329,6 +344,8 @@ class Agent:
         interval = self.cfg.agent.interval_s
         now = time.time()
         deadline = time.monotonic() + (now // interval + 1) * interval - now
+        if self._exit_pending():
+            deadline = min(deadline, time.monotonic() + EXIT_RECHECK_S)
         while not self.stop_requested.is_set():
             if self.reload_requested.is_set():
                 self.reload()

@@ -3,7 +3,7 @@
  * and VM_STAT_DESC replies (sys/amd64/include/vmm_dev.h; 14+ and 13
  * layouts), struct if_data (sys/net/if.h), packed kinfo_file records
  * (sys/sys/user.h, KERN_PROC_FILEDESC), rctl_get_racct(2) strings
- * (sys/kern/kern_rctl.c) and kern.devstat.all (sys/sys/devicestat.h).  Pure and portable: explicit little-endian loads
+ * (sys/kern/kern_rctl.c) and /dev/devstat pages (sys/sys/devicestat.h).  Pure and portable: explicit little-endian loads
  * (amd64, arm64), so they are compiled and tested on Linux too.  The
  * syscalls that produce these buffers live in native/freebsd/.
  */
@@ -183,38 +183,44 @@ int vmprobe_racct_parse(const char *buf, size_t len, struct vmprobe_racct *out)
     return 0;
 }
 
-/* struct devstat (LP64): sequence0 @0, device_name[16] @44, unit_number
- * @60, bytes[4] @64, operations[4] @96 (index DEVSTAT_READ 1, WRITE 2,
- * FREE 3), id @272, sequence1 @280; 288 bytes.  kern.devstat.all puts the
- * long devstat_generation first (sys/kern/subr_devstat.c). */
+/* struct devstat (LP64): sequence0 @0, allocated @4, device_name[16] @44,
+ * unit_number @60, bytes[4] @64, operations[4] @96 (index DEVSTAT_READ 1,
+ * WRITE 2, FREE 3), id @272, sequence1 @280; 288 bytes.  /dev/devstat
+ * packs page_size / 288 of them into each page (sys/kern/subr_devstat.c
+ * devstat_alloc, lib/libgeom/geom_stats.c). */
 int vmprobe_devstat_decode(const unsigned char *buf, size_t len,
-                           struct vmprobe_devstat *out, size_t max,
-                           size_t *torn)
+                           size_t page_size, struct vmprobe_devstat *out,
+                           size_t max, size_t *torn)
 {
-    size_t n = 0;
+    size_t n = 0, per_page;
 
     *torn = 0;
-    if (len < 8 || (len - 8) % VMPROBE_DEVSTAT_SIZE != 0)
+    if (page_size < VMPROBE_DEVSTAT_SIZE || len % page_size != 0)
         return einval();
-    for (size_t off = 8; off < len && n < max; off += VMPROBE_DEVSTAT_SIZE) {
-        const unsigned char *r = buf + off;
-        struct vmprobe_devstat *o = &out[n];
+    per_page = page_size / VMPROBE_DEVSTAT_SIZE;
+    for (size_t page = 0; page < len; page += page_size) {
+        for (size_t i = 0; i < per_page && n < max; i++) {
+            const unsigned char *r = buf + page + i * VMPROBE_DEVSTAT_SIZE;
+            struct vmprobe_devstat *o = &out[n];
 
-        if (le32(r) != le32(r + 280)) {
-            (*torn)++;
-            continue;
+            if (le32(r + 4) == 0 || le64(r + 272) == 0)
+                continue;  /* a free slot, or not a GEOM provider */
+            if (le32(r) != le32(r + 280)) {
+                (*torn)++;
+                continue;
+            }
+            memset(o, 0, sizeof(*o));
+            memcpy(o->name, r + 44, 16);
+            o->unit = (int)le32(r + 60);
+            o->rd_bytes = le64(r + 64 + 8);
+            o->wr_bytes = le64(r + 64 + 16);
+            o->free_bytes = le64(r + 64 + 24);
+            o->rd_ops = le64(r + 96 + 8);
+            o->wr_ops = le64(r + 96 + 16);
+            o->free_ops = le64(r + 96 + 24);
+            o->id = le64(r + 272);
+            n++;
         }
-        memset(o, 0, sizeof(*o));
-        memcpy(o->name, r + 44, 16);
-        o->unit = (int)le32(r + 60);
-        o->rd_bytes = le64(r + 64 + 8);
-        o->wr_bytes = le64(r + 64 + 16);
-        o->free_bytes = le64(r + 64 + 24);
-        o->rd_ops = le64(r + 96 + 8);
-        o->wr_ops = le64(r + 96 + 16);
-        o->free_ops = le64(r + 96 + 24);
-        o->id = le64(r + 272);
-        n++;
     }
     return (int)n;
 }

@@ -1,7 +1,8 @@
 /*
  * Disk devices (zvols, GEOM providers): their size (DIOCGMEDIASIZE,
- * sys/sys/disk.h); their counters come from kern.devstat.all, decoded by
- * common/bhyve.c in the layout checked here.
+ * sys/sys/disk.h), also how big /dev/devstat is; their counters come from
+ * /dev/devstat's pages, decoded by common/bhyve.c in the layout checked
+ * here.
  */
 #ifdef __FreeBSD__
 #include <sys/types.h>
@@ -17,7 +18,7 @@
 #include "vmprobe.h"
 
 _Static_assert(sizeof(struct devstat) == VMPROBE_DEVSTAT_SIZE, "devstat");
-_Static_assert(sizeof(long) == 8, "devstat_generation");
+_Static_assert(offsetof(struct devstat, allocated) == 4, "allocated");
 _Static_assert(offsetof(struct devstat, device_name) == 44, "device_name");
 _Static_assert(offsetof(struct devstat, unit_number) == 60, "unit_number");
 _Static_assert(offsetof(struct devstat, bytes) == 64, "bytes");

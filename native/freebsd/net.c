@@ -42,8 +42,11 @@ int vmprobe_fbsd_if_data(const char *ifname, unsigned char *buf, size_t len)
         errno = ENXIO;
         return -1;
     }
-    if (sysctl(mib, 6, &md, &mdlen, NULL, 0) < 0)
+    if (sysctl(mib, 6, &md, &mdlen, NULL, 0) < 0) {
+        if (errno == ENOENT)  /* gone since if_nametoindex (if_mib.c) */
+            errno = ENXIO;
         return -1;
+    }
     if (strcmp(md.ifmd_name, ifname) != 0) {  /* index reused meanwhile */
         errno = ENXIO;
         return -1;

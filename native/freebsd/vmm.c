@@ -1,6 +1,6 @@
 /*
  * The vmm(4) ioctls on /dev/vmm/<name> (sys/amd64/include/vmm_dev.h):
- * VM_STATS in both layouts, VM_STAT_DESC, VM_GET_MEMSEG.  VM_STATS uses
+ * VM_STATS in both layouts, VM_STAT_DESC, VM_MMAP_GETNEXT + VM_GET_MEMSEG.  VM_STATS uses
  * vmagent's own copies of the two layouts, so one build speaks to 13.x
  * (536 bytes) and 14+ (544 bytes) kernels; the header's VM_STATS must be
  * one of them.
@@ -21,7 +21,6 @@
 #include "vmprobe.h"
 
 #define IOCNUM_STATS 50  /* IOCNUM_VM_STATS */
-#define SYSMEM_SEGMENT 0 /* VM_SYSMEM, lib/libvmmapi/vmmapi.h */
 
 struct stats14 {  /* 14+: with index */
     int cpuid, index, num_entries;
@@ -88,15 +87,44 @@ int vmprobe_fbsd_vm_stat_desc(int fd, int index, unsigned char *buf,
     return 0;
 }
 
+/* Guest RAM is the sum of the guest's mappings of system memory segments:
+ * the segments without a name (devmem ones, bootrom and framebuffer, have
+ * one).  Not the length of segment 0: bhyve maps RAM above 3 GiB at 4 GiB,
+ * so that segment also spans the hole, and FreeBSD 15 has one segment per
+ * guest NUMA domain.  VM_MMAP_GETNEXT walks the mappings by address and
+ * answers ENOENT after the last (sys/dev/vmm/vmm_mem.c). */
 int vmprobe_fbsd_vm_sysmem(int fd, uint64_t *bytes)
 {
+    struct vm_memmap map;
     struct vm_memseg seg;
+    uint64_t total = 0;
+    vm_paddr_t gpa = 0;
 
-    memset(&seg, 0, sizeof(seg));
-    seg.segid = SYSMEM_SEGMENT;
-    if (ioctl(fd, VM_GET_MEMSEG, &seg) < 0)
+    for (;;) {
+        memset(&map, 0, sizeof(map));
+        map.gpa = gpa;
+        if (ioctl(fd, VM_MMAP_GETNEXT, &map) < 0) {
+            if (errno != ENOENT)
+                return -1;
+            break;
+        }
+        gpa = map.gpa + map.len;
+#ifdef VM_MEMMAP_F_IOMMU
+        if (map.flags & VM_MEMMAP_F_IOMMU)
+            continue;  /* the passthrough view of memory mapped already */
+#endif
+        memset(&seg, 0, sizeof(seg));
+        seg.segid = map.segid;
+        if (ioctl(fd, VM_GET_MEMSEG, &seg) < 0)
+            return -1;
+        if (seg.name[0] == '\0')
+            total += map.len;
+    }
+    if (total == 0) {
+        errno = ENOENT;
         return -1;
-    *bytes = seg.len;
+    }
+    *bytes = total;
     return 0;
 }
 

@@ -34,15 +34,22 @@ def stats13(cpu=0, values=(), tv=(1_795_000_000, 5)):
     return VM_STATS_13.pack(cpu, len(values), *tv, *padded)
 
 
-def devstat(id_=0, name=b"", unit=-1, rd=(0, 0), wr=(0, 0), seq=(7, 7)):
+def devstat(id_=0, name=b"", unit=-1, rd=(0, 0), wr=(0, 0), seq=(7, 7),
+            allocated=1):
     """One record: rd/wr = (bytes, operations) at DEVSTAT_READ/WRITE."""
-    return DEVSTAT.pack(seq[0], 1, 0, 0, b"", b"", 0, name, unit,
+    return DEVSTAT.pack(seq[0], allocated, 0, 0, b"", b"", 0, name, unit,
                         0, rd[0], wr[0], 999, 0, rd[1], wr[1], 99, b"", b"",
                         b"", 512, 0, 0, 0, 0, 0, 0, id_, seq[1])
 
 
-def devstat_all(*records, generation=42):
-    return struct.pack("<q", generation) + b"".join(records)
+def devstat_pages(*records, page=4096):
+    """/dev/devstat: page // 288 records a page, free slots zero-filled."""
+    per = page // DEVSTAT.size
+    out = b""
+    for i in range(0, max(len(records), 1), per):
+        chunk = b"".join(records[i:i + per])
+        out += chunk + bytes(page - len(chunk))
+    return out
 
 
 def kinfo_file(fd, path, ftype=1, flags=0):
@@ -178,7 +185,7 @@ def test_random_bytes_never_crash_the_decoders(blob):
                  lambda: bhyve.decode_stat_desc(blob),
                  lambda: bhyve.decode_if_data(blob),
                  lambda: list(bhyve.iter_kinfo_files(blob)),
-                 lambda: bhyve.decode_devstat(blob),
+                 lambda: bhyve.decode_devstat(blob, 288),
                  lambda: bhyve.parse_racct(blob.decode("latin-1"))):
         try:
             call()
@@ -205,33 +212,46 @@ def test_block_ops_per_disk_sorts_slots_numerically_and_sums_threads():
 
 
 def test_devstat_records_by_geom_id():
-    data = devstat_all(devstat(0xFFFFF80003A1B200, rd=(4096, 1),
-                               wr=(1 << 40, 3)),
-                       devstat(0, b"pass", 0, rd=(5, 5)),  # not GEOM
-                       devstat(0xFFFFF80003A1C000, rd=(512, 2)))
-    stats, torn = bhyve.decode_devstat(data)
+    data = devstat_pages(devstat(0xFFFFF80003A1B200, rd=(4096, 1),
+                                 wr=(1 << 40, 3)),
+                         devstat(0, b"pass", 0, rd=(5, 5)),  # not GEOM
+                         devstat(0x30, rd=(9, 9), allocated=0),  # free slot
+                         devstat(0xFFFFF80003A1C000, rd=(512, 2)))
+    stats, torn = bhyve.decode_devstat(data, 4096)
     assert torn == 0
     assert stats == {
         0xFFFFF80003A1B200: bhyve.DevStat(4096, 1 << 40, 1, 3),
         0xFFFFF80003A1C000: bhyve.DevStat(512, 0, 2, 0)}
 
 
+def test_devstat_records_on_later_pages_after_the_padding():
+    records = [devstat(0x1000 + i, rd=(i, i)) for i in range(30)]  # 3 pages
+    data = devstat_pages(*records)
+    assert len(data) == 3 * 4096
+    stats, _ = bhyve.decode_devstat(data, 4096)
+    assert stats[0x1000 + 29] == bhyve.DevStat(29, 0, 29, 0)
+    assert len(stats) == 30
+    big, _ = bhyve.decode_devstat(devstat_pages(*records, page=16384), 16384)
+    assert big == stats  # 16 KiB pages (arm64): 56 records a page
+
+
 def test_a_devstat_record_being_updated_is_left_out_and_counted():
-    data = devstat_all(devstat(0x10, rd=(1, 1), seq=(8, 7)),
-                       devstat(0x20, rd=(2, 2)))
-    stats, torn = bhyve.decode_devstat(data)
+    data = devstat_pages(devstat(0x10, rd=(1, 1), seq=(8, 7)),
+                         devstat(0x20, rd=(2, 2)))
+    stats, torn = bhyve.decode_devstat(data, 4096)
     assert (set(stats), torn) == ({0x20}, 1)
 
 
-@pytest.mark.parametrize("data", [b"", b"\0" * 7, devstat_all(devstat(1))[:-1],
-                                  devstat_all(devstat(1)) + b"\0"])
-def test_devstat_of_the_wrong_length_is_refused(data):
+@pytest.mark.parametrize(("data", "page"), [
+    (b"\0" * 4095, 4096), (devstat_pages(devstat(1)) + b"\0", 4096),
+    (b"\0" * 4096, 100)])
+def test_devstat_not_in_whole_pages_is_refused(data, page):
     with pytest.raises(bhyve.DecodeError):
-        bhyve.decode_devstat(data)
+        bhyve.decode_devstat(data, page)
 
 
 def test_devstat_with_no_devices():
-    assert bhyve.decode_devstat(devstat_all()) == ({}, 0)
+    assert bhyve.decode_devstat(devstat_pages(), 4096) == ({}, 0)
 
 
 CONFXML = """<mesh>

@@ -73,3 +73,25 @@ def test_a_killed_bhyve_has_its_signal_in_vm_stop(agent, kernel):  # noqa: F811
     assert stop["exit"]["signal"] == signal.SIGKILL
     assert "reason" not in stop["exit"]
     assert stop["cpu"]["total_ns"] == 3 * 10**9
+
+
+def test_an_exit_posted_before_the_process_is_a_zombie_is_swept_again(
+        agent, kernel):  # noqa: F811
+    agent.sweep(first=True)
+    agent._on_exit(700, 2 << 8)  # NOTE_EXIT; the process still runs
+    agent.sweep()
+    assert records(agent, "vm_stop") == []
+    assert agent._exit_pending()  # so the next sweep comes at once
+    kernel.procs[700] = replace(proc(runtime=5e6), zombie=True)
+    agent.sweep()
+    [stop] = records(agent, "vm_stop")
+    assert stop["exit"]["reason"] == "halt"
+    assert stop["cpu"]["total_ns"] == 5 * 10**9
+    assert not agent._exit_pending()
+
+
+def test_rechecks_of_a_reported_exit_are_bounded(agent, kernel):  # noqa: F811
+    agent.sweep(first=True)
+    agent._on_exit(700, 0)  # reported, yet the VM goes on running
+    assert sum(agent._exit_pending() for _ in range(100)) == \
+        daemon.EXIT_RECHECKS

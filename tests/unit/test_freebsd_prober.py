@@ -10,8 +10,8 @@ from dataclasses import replace
 
 import pytest
 
-from unit.test_bhyve_decoders import CONFXML, devstat, devstat_all, if_data, \
-    kinfo_file, stats13, stats14
+from unit.test_bhyve_decoders import CONFXML, devstat, devstat_pages, \
+    if_data, kinfo_file, stats13, stats14
 from vmagent.identity import derived_vm_uuid
 from vmagent.probes import bhyve, freebsd
 from vmagent.probes.freebsd_kernel import Proc, Thread
@@ -35,7 +35,7 @@ class FakeKernel:
         self.stats_error: int | None = None
         self.layout = bhyve.LAYOUT_14
         self.forgotten: list[str] = []
-        self.devstats = devstat_all()
+        self.devstats = devstat_pages()
         self.racct_text: str | None = None
 
     def boot_time_us(self): return BOOT
@@ -49,7 +49,7 @@ class FakeKernel:
     def manager_uuid(self, name): return self.uuids.get(name)
     def geom_confxml(self): return CONFXML
     def racct(self, pid): return self.racct_text
-    def devstat(self): return self.devstats
+    def devstat(self): return 4096, self.devstats
     def sysmem_bytes(self, vm): return self.sysmem.get(vm)
     def forget(self, vm): self.forgotten.append(vm)
 
@@ -225,8 +225,8 @@ def test_a_zvol_has_its_size_and_devstat_totals(kernel):
     kernel.files[700] += kinfo_file(6, "/dev/zvol/tank/web01-disk1")
     kernel.sizes["/dev/zvol/tank/web01-disk1"] = (50 << 30, None)
     kernel.thread_map[700].append(Thread(706, "blk-5:0-0", 1, 3, 4))
-    kernel.devstats = devstat_all(devstat(0xFFFFF80003A1B200,
-                                          rd=(8192, 2), wr=(4096, 1)))
+    kernel.devstats = devstat_pages(devstat(0xFFFFF80003A1B200,
+                                            rd=(8192, 2), wr=(4096, 1)))
     with freebsd.Prober("h1") as p:
         p.discover()
         [(_, s)] = p.sample().samples

@@ -192,3 +192,25 @@ def test_process_lists_grow_and_are_copied_out(freebsd_build):
     assert procs[7].rss_bytes == 7 * os.sysconf("SC_PAGE_SIZE")
     threads = kernel.threads(1000)
     assert (threads[3].tid, threads[3].name) == (5003, "vcpu 3")
+
+
+@pytest.mark.parametrize("sized", [True, False])
+def test_devstat_pages_are_mapped_whole(freebsd_build, tmp_path, monkeypatch,
+                                        sized):
+    import mmap
+
+    from unit.test_bhyve_decoders import devstat, devstat_pages
+    from vmagent.probes import bhyve
+
+    page = mmap.PAGESIZE
+    records = [devstat(0x1000 + i, rd=(i, i)) for i in range(page // 288 + 3)]
+    stand_in = tmp_path / "devstat"  # a file where FreeBSD has the device
+    stand_in.write_bytes(devstat_pages(*records, page=page))
+    kernel = NativeKernel(freebsd_build.ffi, freebsd_build.lib,
+                          devstat_path=str(stand_in))
+    if not sized:  # no DIOCGMEDIASIZE: page by page until refused
+        monkeypatch.setattr(kernel, "file_size", lambda path: None)
+    got_page, raw = kernel.devstat()
+    assert (got_page, len(raw)) == (page, 2 * page)
+    stats, torn = bhyve.decode_devstat(raw, got_page)
+    assert torn == 0 and len(stats) == len(records)

@@ -216,18 +216,20 @@ class DevStat:
     wr_ops: int
 
 
-def decode_devstat(data: bytes) -> tuple[dict[int, DevStat], int]:
-    """kern.devstat.all by GEOM provider id, and how many records were torn
-    (being updated while read)."""
-    n = max(0, (len(data) - 8) // lib.VMPROBE_DEVSTAT_SIZE)
-    out = ffi.new("struct vmprobe_devstat[]", max(n, 1))
+def decode_devstat(data: bytes, page_size: int) -> tuple[dict[int, DevStat],
+                                                        int]:
+    """/dev/devstat's pages by GEOM provider id, and how many records were
+    torn (being updated while read)."""
+    n = max(1, len(data) // lib.VMPROBE_DEVSTAT_SIZE)
+    out = ffi.new("struct vmprobe_devstat[]", n)
     torn = ffi.new("size_t *")
-    got = lib.vmprobe_devstat_decode(data, len(data), out, n, torn)
+    got = lib.vmprobe_devstat_decode(data, len(data), page_size, out, n, torn)
     if got < 0:
-        raise DecodeError(f"not a kern.devstat.all reply ({len(data)} bytes)")
+        raise DecodeError(f"not /dev/devstat pages of {page_size} bytes "
+                          f"({len(data)} bytes)")
     return {out[i].id: DevStat(out[i].rd_bytes, out[i].wr_bytes,
                                out[i].rd_ops, out[i].wr_ops)
-            for i in range(got) if out[i].id}, torn[0]
+            for i in range(got)}, torn[0]
 
 
 def geom_provider_ids(confxml: str) -> dict[str, int]:

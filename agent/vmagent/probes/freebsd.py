@@ -260,14 +260,15 @@ class Prober:
             return {}  # no per-device counters, everything else still
 
     def _devstat(self) -> dict[int, bhyve.DevStat]:
-        """One kern.devstat.all read per sweep, when a VM has a disk
-        device GEOM knows."""
+        """One read of /dev/devstat per sweep, when a VM has a disk device
+        GEOM knows."""
         if not any(d.block_device in self._geom for m in self._metered.values()
                    for d in m.vm.disks):
             return {}
         for _ in range(3):  # a record being updated: read again
             try:
-                stats, torn = bhyve.decode_devstat(self.kernel.devstat())
+                page, raw = self.kernel.devstat()
+                stats, torn = bhyve.decode_devstat(raw, page)
             except (OSError, bhyve.DecodeError):
                 return {}
             if not torn:

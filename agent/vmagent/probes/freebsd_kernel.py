@@ -5,6 +5,7 @@ native/freebsd/, the tests with a fake."""
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import stat
 from dataclasses import dataclass
@@ -60,7 +61,7 @@ class Kernel(Protocol):
     def if_data(self, ifname: str) -> bytes | None: ...
     def file_size(self, path: str) -> tuple[int, int | None] | None: ...
     def racct(self, pid: int) -> str | None: ...  # None: RACCT is off
-    def devstat(self) -> bytes: ...  # kern.devstat.all
+    def devstat(self) -> tuple[int, bytes]: ...  # (page size, /dev/devstat)
     def geom_confxml(self) -> str: ...  # kern.geom.confxml
     def manager_uuid(self, name: str) -> str | None: ...
     def forget(self, vm: str) -> None: ...  # a VM is gone: drop its fd
@@ -76,8 +77,10 @@ class NativeKernel:
     two where a size must be asked first."""
 
     def __init__(self, ffi: Any, lib: Any, root: str = "/",
-                 vmm_dir: str = "/dev/vmm") -> None:
+                 vmm_dir: str = "/dev/vmm",
+                 devstat_path: str = "/dev/devstat") -> None:
         self.ffi, self.lib, self.root, self.vmm_dir = ffi, lib, root, vmm_dir
+        self.devstat_path = devstat_path
         self._vmm: dict[str, int] = {}  # VM name -> /dev/vmm/<name> fd
         self._layout = lib.VMPROBE_VM_STATS_14  # errata W3: 14+ first
         self._tsc: int | None = None
@@ -265,8 +268,25 @@ class NativeKernel:
             self._racct = False  # kern.racct.enable=0: not asked again
         return None  # also ESRCH (gone), EPERM (in a jail)
 
-    def devstat(self) -> bytes:
-        return self._sysctl_name("kern.devstat.all")
+    def devstat(self) -> tuple[int, bytes]:
+        """/dev/devstat's pages, as lib/libgeom's geom_stats_resync maps
+        them: as many as DIOCGMEDIASIZE says, else one at a time until the
+        kernel refuses the next."""
+        page = mmap.PAGESIZE
+        fd = os.open(self.devstat_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size = self.file_size(self.devstat_path)
+            pages = size[0] // page if size else 0
+            if pages:
+                return page, _map(fd, 0, pages * page)
+            chunks = []
+            while True:
+                try:
+                    chunks.append(_map(fd, len(chunks) * page, page))
+                except (OSError, ValueError):  # past the last page
+                    return page, b"".join(chunks)
+        finally:
+            os.close(fd)
 
     def geom_confxml(self) -> str:
         raw = self._sysctl_name("kern.geom.confxml")
@@ -279,6 +299,12 @@ class NativeKernel:
         fd = self._vmm.pop(vm, None)
         if fd is not None:
             os.close(fd)
+
+
+def _map(fd: int, offset: int, length: int) -> bytes:
+    with mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ,
+                   offset=offset) as m:
+        return m[:]
 
 
 def native_kernel() -> Kernel:
