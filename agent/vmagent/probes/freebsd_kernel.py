@@ -279,7 +279,7 @@ class NativeKernel:
             pages = size[0] // page if size else 0
             if pages:
                 return page, _map(fd, 0, pages * page)
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 try:
                     chunks.append(_map(fd, len(chunks) * page, page))
