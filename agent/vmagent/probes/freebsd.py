@@ -139,8 +139,7 @@ class Prober:
                           for t in self.kernel.threads(proc.pid)
                           if (m := _VCPU.fullmatch(t.name))),
                          key=lambda t: t.id)
-        disks = tuple(Disk(path, -1, 0, 0, None, bhyve.geom_name(path))
-                      for path in files.disks)
+        disks = tuple(self._disk(path) for path in files.disks)
         return VM(
             ref=VMRef(uuid, name, f"{self.boot_id}-{proc.pid}-"
                       f"{proc.start_us}", "bhyve"),
@@ -151,6 +150,13 @@ class Prober:
             nics=tuple(Nic(n, None) for n in files.nics), disks=disks,
             vcpu_threads=tuple(threads),
             kvm_stats=(("vmm", files.vm),))
+
+    def _disk(self, path: str) -> Disk:
+        """A disk device's size is read once (as on Linux); an image file's
+        size and allocation on every sample."""
+        device = bhyve.geom_name(path)
+        size = self.kernel.file_size(path) if device else None
+        return Disk(path, -1, 0, 0, size[0] if size else None, device)
 
     def _rescan(self, procs: dict[int, Proc]) -> None:
         for pid, m in self._metered.items():
@@ -281,8 +287,9 @@ class Prober:
         out = []
         for i, disk in enumerate(vm.disks):
             rec: dict[str, Any] = {"path": disk.path}
-            size = self.kernel.file_size(disk.path)
-            if size is not None:
+            size = (disk.capacity_bytes, None) if disk.block_device else \
+                self.kernel.file_size(disk.path)
+            if size is not None and size[0] is not None:
                 rec["capacity_bytes"] = size[0]
                 if size[1] is not None:
                     rec["allocated_bytes"] = size[1]
