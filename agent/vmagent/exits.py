@@ -130,7 +130,10 @@ def exit_watcher(on_exit: OnExit) -> _Watcher:
 
 
 def exit_fields(status: int) -> dict[str, int]:
-    """A wait(2) status as ``{"code": n}`` or ``{"signal": n}``."""
-    if os.WIFSIGNALED(status):
-        return {"signal": os.WTERMSIG(status)}
-    return {"code": os.WEXITSTATUS(status)}
+    """A wait(2) status -- also Linux acct's ac_exitcode, do_exit()'s code
+    (kernel/exit.c) -- as ``{"code": n}`` or ``{"signal": n}``: a signal
+    number in the low 7 bits, else the exit status in bits 8-15, on Linux
+    and FreeBSD alike (so it decodes another host's records too)."""
+    if status & 0x7F:
+        return {"signal": status & 0x7F}
+    return {"code": (status >> 8) & 0xFF}

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from vmagent.errors import VmagentError
+from vmagent.exits import exit_fields
 from vmagent.probes._native import ffi, lib
 
 FORMATS = {"linux": lib.VMPROBE_ACCT_LINUX_V3,
@@ -96,15 +97,7 @@ def _record(a: Any, format: str) -> AcctRecord:
         cpu_user_us=a.utime_us, cpu_system_us=a.stime_us, mem_kb=a.mem_kb,
         io_blocks=a.io_blocks if a.has_io else None,
         flags=tuple(name for bit, name in names.items() if a.flags & bit),
-        exit=_exit(a.exitcode) if a.has_exit else None)
-
-
-def _exit(code: int) -> dict[str, int]:
-    """Linux's ac_exitcode is do_exit()'s code: a signal number in the low 7
-    bits, else the exit status in bits 8-15 (kernel/exit.c)."""
-    if code & 0x7F:
-        return {"signal": code & 0x7F}
-    return {"code": (code >> 8) & 0xFF}
+        exit=exit_fields(a.exitcode) if a.has_exit else None)
 
 
 def read_file(path: Path, format: str | None = None) -> Parsed:
