@@ -25,7 +25,7 @@ import msgpack
 from vmagent import keys
 from vmagent.errors import VmagentError
 from vmagent.wal import format as fmt
-from vmagent.wal.scan import iter_records
+from vmagent.wal.scan import covered, iter_records
 
 
 class VerifyError(VmagentError):
@@ -51,7 +51,7 @@ class ChainState:
     gaps: list[tuple[int, int, str]] = field(default_factory=list)
 
     def covered(self, a: int, b: int) -> bool:
-        return any(g[0] <= a and b <= g[1] for g in self.gaps)
+        return covered([(g[0], g[1]) for g in self.gaps], a, b)
 
 
 class Client:

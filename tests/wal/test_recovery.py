@@ -4,6 +4,7 @@ repairs.  Never a crash, never a manual step, every loss a gap record."""
 from __future__ import annotations
 
 import errno
+import shutil
 
 from vmagent.wal import format as fmt
 from wal.helpers import (
@@ -23,10 +24,17 @@ def three_commits(d):
     w = open_wal(d)
     w.commit([sample(1), sample(2)])  # seqs 1-2
     w.commit([sample(3), sample(4), sample(5)])  # 3-5
+    shutil.copy(d / "high_water", d / "high_water.before_last")
     w.commit([sample(6)])  # 6
     w.close()
     [seg] = segment_files(d)
     return seg
+
+
+def died_writing_the_last_commit(d):
+    """The high-water mark as it was when the last commit's write began:
+    what a process killed in the middle of that write leaves."""
+    shutil.copy(d / "high_water.before_last", d / "high_water")
 
 
 def frame_offsets(seg):
@@ -138,6 +146,7 @@ def test_missing_middle_segment_is_a_gap(tmp_path):
 def test_interrupted_truncation_converges_on_the_next_start(tmp_path):
     seg = three_commits(tmp_path)
     truncate_to(seg, seg.stat().st_size - 3)  # a torn last commit
+    died_writing_the_last_commit(tmp_path)
     ops = FailingOps()
     ops.fail("truncate", errno.EIO)
     w = open_wal(tmp_path, ops=ops)  # the repair fails: no crash, and

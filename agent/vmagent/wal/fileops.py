@@ -3,8 +3,8 @@ inject EIO, ENOSPC and crashes at any of them."""
 
 from __future__ import annotations
 
+import errno
 import os
-import shutil
 from pathlib import Path
 
 from vmagent.fsutil import fsync_dir, write_atomically
@@ -16,6 +16,13 @@ class FileOps:
     def open_append(self, path: Path) -> int:
         return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
                        | os.O_CLOEXEC, 0o600)
+
+    def open_rw(self, path: Path) -> int:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> None:
+        if os.pwrite(fd, data, offset) != len(data):
+            raise OSError(errno.ENOSPC, "short write")
 
     def write_all(self, fd: int, data: bytes) -> None:
         view = memoryview(data)
@@ -53,8 +60,8 @@ class FileOps:
     def unlink(self, path: Path) -> None:
         os.unlink(path)
 
-    def copy(self, src: Path, dst: Path) -> None:
-        shutil.copyfile(src, dst)
+    def rename(self, src: Path, dst: Path) -> None:
+        os.rename(src, dst)
 
     def fsync_dir(self, path: Path) -> None:
         fsync_dir(path)

@@ -107,7 +107,19 @@ class Scan:
     last_hash: bytes = fmt.ZERO_HASH
 
     def covered(self, first: int, last: int) -> bool:
-        return any(a <= first and last <= b for a, b in self.gaps)
+        return covered(self.gaps, first, last)
+
+
+def covered(ranges: list[tuple[int, int]], first: int, last: int) -> bool:
+    """Whether the inclusive ranges (adjacent ones joined) hold first-last."""
+    need = first
+    for a, b in sorted(ranges):
+        if a > need:
+            break
+        need = max(need, b + 1)
+        if need > last:
+            return True
+    return False
 
 
 def list_segments(directory: Path) -> list[Path]:

@@ -26,10 +26,12 @@ from vmagent.wal import format as fmt
 from vmagent.wal.coalesce import Coalescer
 from vmagent.wal.cursors import CursorError, Cursors
 from vmagent.wal.fileops import FileOps
+from vmagent.wal.highwater import HighWater, Mark, boot_digest, read_mark
 from vmagent.wal.scan import Damage, Scan, iter_records, scan
 
 Record = dict[str, Any]
 SEGMENT_BYTES = 16 << 20
+QUARANTINE_BYTES = 64 << 20  # copies of damaged bytes kept, at most
 
 
 @dataclass
@@ -57,7 +59,8 @@ class Wal:
                  consumers: Sequence[str] = (), max_bytes: int = 1 << 30,
                  segment_bytes: int = SEGMENT_BYTES,
                  ops: FileOps | None = None,
-                 clock: Callable[[], int] = time.time_ns) -> None:
+                 clock: Callable[[], int] = time.time_ns,
+                 boot_id: str = "") -> None:
         self.dir = Path(directory)
         self.host, self.key = host, key
         self.max_bytes, self.segment_bytes = max_bytes, segment_bytes
@@ -68,6 +71,8 @@ class Wal:
         self._packer = msgpack.Packer(autoreset=False)
         self.pending_gaps: list[Record] = []
         self.quarantined = 0
+        self.abandoned = 0  # WAL ids given up at recovery (see _abandon)
+        self.boot = boot_digest(boot_id)
         self._segments: list[_Segment] = []
         self._index: list[_Entry] = []
         self._firsts: list[int] = []
@@ -96,6 +101,11 @@ class Wal:
                 self._gap(hole.from_seq, hole.to_seq, hole.reason)
         self.cursors = Cursors(self.dir / "cursors", self.wal_id, consumers,
                                self.ops)
+        mark = read_mark(self.dir, self.ops)
+        if found.wal_id is not None:
+            self._check_high_water(mark, _damaged_tail(found), consumers)
+        self.high_water = HighWater(self.dir, self.ops, self.wal_id,
+                                    self.next_seq - 1, self.boot, mark)
         try:
             if self._segments and not self._fresh_segment:
                 self._fd = self.ops.open_append(self._segments[-1].path)
@@ -110,6 +120,52 @@ class Wal:
         if self.pending_gaps:
             self.commit([])  # make the losses durable and explicit now
         self._delete_acked()
+
+    def _check_high_water(self, mark: Mark | None, damaged_tail: bool,
+                          consumers: list[str]) -> None:
+        """Seqs that were handed out (the high-water mark) or acked, but
+        that the segments no longer hold, are never given out again: a gap
+        covers them up to the highest seq that may have been served, or --
+        where no mark says how high that is -- the WAL starts anew."""
+        end = self.next_seq - 1
+        known = mark if mark is not None and mark.wal_id == self.wal_id \
+            else None
+        acked = max(self.cursors.acked.values(), default=0)
+        floor = max(known.seq if known else 0, acked)
+        exact = known is not None and (known.clean or known.boot == self.boot)
+        if end >= floor and (exact or not damaged_tail):
+            return  # what is missing at the end was never served
+        if known is None:
+            self._abandon(f"seqs up to {floor} were acked but the segments "
+                          f"end at {end}, and no high-water mark says how far "
+                          "the WAL went", consumers)
+            return
+        upper = known.seq if exact else known.reserved
+        if upper > end:
+            self._gap(end + 1, upper, "durable frames missing at the end "
+                      "(truncated or damaged)" + ("" if exact else
+                                                  ", up to the reservation"))
+            self.next_seq = upper + 1
+
+    def _abandon(self, why: str, consumers: list[str]) -> None:
+        """Start a new WAL id: the old segments move to quarantine, and
+        collectors see a new WAL, an explicit discontinuity."""
+        old = self.wal_id.hex()
+        qdir = self.dir / "quarantine" / f"wal-{old}"
+        qdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for seg in self._segments:
+            self.ops.rename(seg.path, qdir / seg.path.name)
+        self.ops.fsync_dir(self.dir)
+        self.log.error("wal_abandoned", old_wal_id=old, reason=why,
+                       moved_to=str(qdir))
+        self.wal_id, self.next_seq = os.urandom(16), 1
+        self.last_hash = fmt.ZERO_HASH
+        self._segments, self._index, self._firsts = [], [], []
+        self.pending_gaps.clear()
+        self._fresh_segment = True
+        self.abandoned += 1
+        self.cursors = Cursors(self.dir / "cursors", self.wal_id, consumers,
+                               self.ops)
 
     def _repair(self, found: Scan) -> dict[Path, int]:
         """Quarantine damaged bytes and truncate damaged tails; returns the
@@ -139,15 +195,30 @@ class Wal:
         return sizes
 
     def _quarantine(self, d: Damage) -> None:
+        """Copy the damaged bytes aside for a post-mortem: once (a restart
+        finds the copy by segment and offset) and within QUARANTINE_BYTES.
+        A copy that cannot be made is logged; recovery goes on."""
         qdir = self.dir / "quarantine"
-        qdir.mkdir(exist_ok=True, mode=0o700)
-        dst = qdir / f"{d.segment.name}.{d.offset}.{self.clock()}"
-        self.ops.copy(d.segment, dst)
-        self.ops.fsync_dir(qdir)
+        dst = qdir / f"{d.segment.name}.{d.offset}-{d.end}"
         self.quarantined += 1
-        self.log.error("wal_damage_quarantined", segment=d.segment.name,
+        self.log.error("wal_damage_found", segment=d.segment.name,
                        offset=d.offset, end=d.end, reason=d.reason,
                        copy=str(dst))
+        try:
+            qdir.mkdir(exist_ok=True, mode=0o700)
+            if dst.exists():
+                return
+            kept = sum(p.stat().st_size for p in qdir.iterdir()
+                       if p.is_file())
+            if kept + d.end - d.offset > QUARANTINE_BYTES:
+                self.log.error("wal_quarantine_full", kept=kept,
+                               limit=QUARANTINE_BYTES, not_copied=str(dst))
+                return
+            self.ops.write_atomically(dst, self.ops.pread(
+                d.segment, d.end - d.offset, d.offset))
+        except OSError as err:
+            self.log.error("wal_quarantine_failed", copy=str(dst),
+                           error=err.strerror)
 
     def _gap(self, first: int, last: int, reason: str) -> None:
         self.pending_gaps.append({"kind": "gap", "t": self.clock(),
@@ -197,6 +268,8 @@ class Wal:
         except OSError as err:
             self._write_failed(first, last, err, records)
             return None
+        finally:  # before anything is served: these seqs are taken
+            self.high_water.advance(last)
         self._add_entry(_Entry(first, last, seg.path, seg.size, len(data)))
         seg.size += len(data)
         self.next_seq, self.last_hash = last + 1, frame.hash
@@ -362,10 +435,24 @@ class Wal:
             "coalesced_sweeps": self.coalescer.sweeps,
             "pending_gaps": len(self.pending_gaps),
             "quarantined": self.quarantined,
+            "abandoned": self.abandoned,
+            "high_water_failures": self.high_water.failures,
             "acked": dict(self.cursors.acked),
         }
 
     def close(self) -> None:
+        """A clean stop: the high-water mark is made exact and durable."""
         if self._fd is not None:
             self.ops.close(self._fd)
             self._fd = None
+        self.high_water.close()
+
+
+def _damaged_tail(found: Scan) -> bool:
+    """Damage after the last intact frame that is not the shape of an
+    interrupted write: durable data may have been there."""
+    if not found.segments:
+        return False
+    last = found.segments[-1]
+    return any(d.segment == last.path and d.offset >= last.valid_end
+               and not d.torn for d in found.damages)
