@@ -120,7 +120,19 @@ def parse(text: str, source: str = "<string>") -> Config:
     cfg = Config(source=source, **built)
     _check_tls(cfg)
     _check_listen(cfg)
+    _check_wal(cfg)
     return cfg
+
+
+def _check_wal(cfg: Config) -> None:
+    """Deletion frees a whole segment at a time and never the one being
+    written: below two segments the cap would be reached for good."""
+    wal = cfg.wal
+    if wal.max_bytes < 2 * wal.segment_bytes:
+        raise ConfigError(cfg.source, "wal.max_bytes", f"{wal.max_bytes} "
+                          f"bytes is below two segments (2 x segment_bytes "
+                          f"= {2 * wal.segment_bytes}); raise it or lower "
+                          "wal.segment_bytes")
 
 
 def _check_tls(cfg: Config) -> None:

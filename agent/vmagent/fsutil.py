@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -22,11 +23,32 @@ def write_atomically(path: Path, data: bytes | str, mode: int = 0o644) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
                  mode)
     try:
-        view = memoryview(raw)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            view = memoryview(raw)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):  # no empty .tmp left behind
+            os.unlink(tmp)
+        raise
     fsync_dir(path.parent)
+
+
+def remove_stale_tmp(directory: Path) -> list[str]:
+    """Unlink the ``.NAME.tmp`` files an interrupted write_atomically left;
+    returns their names."""
+    removed = []
+    try:
+        names = [p for p in directory.iterdir()
+                 if p.name.startswith(".") and p.name.endswith(".tmp")]
+    except OSError:
+        return removed
+    for p in names:
+        with contextlib.suppress(OSError):
+            p.unlink()
+            removed.append(p.name)
+    return removed

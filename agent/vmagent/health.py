@@ -32,6 +32,10 @@ def assess(doc: dict[str, Any], now_ns: int | None = None) -> dict[str, Any]:
     if doc["wal"].get("coalescing"):
         reasons.append(f"WAL coalescing ({doc['wal']['coalesced_sweeps']} "
                        "sweeps kept in memory)")
+    pending = (doc.get("state_files") or {}).get("pending") or {}
+    if pending:
+        reasons.append("state files not written: " + ", ".join(
+            f"{name} ({error})" for name, error in pending.items()))
     limit = max(LAG_LIMIT_S, LAG_LIMIT_INTERVALS * interval)
     for name, lag in doc.get("consumers", {}).items():
         if lag["lag_s"] > limit:

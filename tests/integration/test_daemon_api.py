@@ -201,7 +201,8 @@ def test_status_running_degraded_and_stopped(agent, tmp_path):
     a.stop()
     r = a.cli("status", "-c", str(a.config))
     assert r.returncode == 3 and "not running" in r.stderr
-    small = agent('[wal]\nmax_bytes = 200\n')  # nothing fits: coalescing
+    small = agent('[wal]\nmax_bytes = "8KiB"\nsegment_bytes = "4KiB"\n',
+                  interval=0.2, fake_vms=3)  # soon full: coalescing
     r = wait_until(lambda: (x := small.cli("status", "-c", str(small.config)))
                    .returncode == 1 and x)
     assert "degraded" in r.stdout and "coalescing" in r.stdout.lower()

@@ -3,6 +3,8 @@ errors that name the file, the key and what was expected."""
 
 from pathlib import Path
 
+import tomllib
+
 import pytest
 
 from vmagent import config
@@ -87,7 +89,16 @@ def test_interval_spellings(value, seconds):
     ('"64K"', 64 << 10), ('"2G"', 2 << 30), ('"100"', 100),
 ])
 def test_size_spellings(value, size):
-    assert config.parse(f"[wal]\nmax_bytes = {value}\n").wal.max_bytes == size
+    assert config.parse_size(tomllib.loads(f"v = {value}")["v"]) == size
+
+
+def test_cap_below_two_segments_is_refused_naming_max_bytes():
+    with pytest.raises(ConfigError) as err:
+        config.parse('[wal]\nmax_bytes = "256KiB"\n')  # 16 MiB segments
+    assert "wal.max_bytes" in str(err.value)
+    assert "two segments" in str(err.value)
+    cfg = config.parse('[wal]\nmax_bytes = "8KiB"\nsegment_bytes = "4KiB"\n')
+    assert cfg.wal.max_bytes == 2 * cfg.wal.segment_bytes
 
 
 @pytest.mark.parametrize(("text", "key", "words"), [

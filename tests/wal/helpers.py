@@ -30,6 +30,14 @@ def open_wal(d: Path, **kw: Any) -> Wal:
     return Wal(d, host=HOST, key=KEY, **kw)
 
 
+def crash(w: Wal) -> None:
+    """The process dies: no clean stop, what was in memory is gone (the
+    page cache, and so the high-water mark's last write, stays)."""
+    for fd in (w._fd, w.high_water._fd):  # noqa: SLF001
+        if fd is not None:
+            os.close(fd)
+
+
 def records(d: Path) -> list[dict[str, Any]]:
     return list(served_records(d))
 

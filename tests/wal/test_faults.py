@@ -116,19 +116,43 @@ def small_tmpfs(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
-@pytest.mark.needsroot
-def test_full_disk_coalesces_and_resumes_when_space_returns(small_tmpfs):
-    d = small_tmpfs / "wal"
-    w = open_wal(d, segment_bytes=64 << 10)
-    filler = small_tmpfs / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)  # another process
-    try:                                            # takes the disk
+def fill(mnt):
+    """Another process takes every free byte of the filesystem."""
+    fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
         while True:
             os.write(fd, b"\0" * 4096)
     except OSError:
         pass
     finally:
         os.close(fd)
+    return mnt / "filler"
+
+
+@pytest.mark.needsroot
+def test_stop_on_a_full_disk_writes_the_kept_sweeps_into_the_reserve(
+        small_tmpfs):
+    d = small_tmpfs / "wal"
+    w = open_wal(d, segment_bytes=64 << 10)
+    w.commit([sample(0, "a")])
+    fill(small_tmpfs)
+    kept = [w.commit([sample(i, "a"), sample(i, "b")]) is None
+            for i in range(1, 30)]
+    assert all(kept[-10:])  # the disk is full: sweeps kept in memory
+    w.close()  # SIGTERM while full
+    w = open_wal(d)
+    [coalesced] = [r for r in records(d) if r["kind"] == "coalesced"]
+    assert coalesced["sweeps"] == sum(kept)
+    assert {s["vm"]["uuid"]: s["cpu"]["total_ns"]
+            for s in coalesced["samples"]} == {"a": 29_000, "b": 29_000}
+    assert verified(d)
+
+
+@pytest.mark.needsroot
+def test_full_disk_coalesces_and_resumes_when_space_returns(small_tmpfs):
+    d = small_tmpfs / "wal"
+    w = open_wal(d, segment_bytes=64 << 10)
+    filler = fill(small_tmpfs)
     results = [w.commit([sample(i, "a"), sample(i, "b")]) for i in range(50)]
     assert all(r is None for r in results[-10:])  # full: nothing written
     filler.unlink()

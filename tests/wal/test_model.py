@@ -14,7 +14,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from vmagent.wal import format as fmt
 from vmagent.wal.scan import iter_records
-from wal.helpers import FailingOps, flip_byte, open_wal, sample, verified
+from wal.helpers import FailingOps, crash, flip_byte, open_wal, sample, verified
 
 
 class WalMachine(RuleBasedStateMachine):
@@ -83,22 +83,31 @@ class WalMachine(RuleBasedStateMachine):
         assert self.wal.ack(consumer, seq) == max(seq, self.acked[consumer])
         self.acked[consumer] = max(seq, self.acked[consumer])
 
-    def _reopen(self) -> None:
-        """Restart: memory is gone (records kept while writes failed were
-        never durable); recovery writes a gap record for every loss."""
-        self.wal.close()
+    def _reopen(self, clean: bool = False) -> None:
+        """Restart.  A clean stop writes what was kept in memory (gap and
+        coalesced records); after a crash it is gone, and recovery writes a
+        gap record for every loss (the high-water mark knows them)."""
+        if clean:
+            self.wal.close()
+        else:
+            crash(self.wal)
         self.wal = open_wal(self.dir, consumers=["a", "b"], ops=self.ops,
                             segment_bytes=1500)
         assert self.wal.cursors.acked == self.acked
         served = self._served()
         for seq in range(self.next_seq, self.wal.next_seq):
-            assert served[seq][0] == "gap"
-            self.model[seq] = ("gap", None)
+            assert served[seq][0] in (("gap", "coalesced") if clean
+                                      else ("gap",))
+            self.model[seq] = served[seq]
         self.next_seq = self.wal.next_seq
         self.carrying = False
 
     @rule()
     def restart(self) -> None:
+        self._reopen(clean=True)
+
+    @rule()
+    def crash_and_restart(self) -> None:
         self._reopen()
 
     @rule(data=st.data())

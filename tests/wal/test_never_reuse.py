@@ -17,7 +17,7 @@ import pytest
 
 from vmagent.wal import format as fmt
 from vmagent.wal.highwater import FILE_NAME
-from wal.helpers import open_wal, records, sample, segment_files, verified
+from wal.helpers import crash, open_wal, records, sample, segment_files, verified
 
 N_COMMITS = 8
 
@@ -31,7 +31,7 @@ def history_dir(d, close):
     if close:
         w.close()
     else:  # killed: no clean stop, the mark as the page cache holds it
-        w.ops.close(w._fd)
+        crash(w)
     return {r["seq"]: r for r in records(d)}
 
 
@@ -160,7 +160,7 @@ def test_torn_write_the_mark_never_saw_is_truncated_silently(tmp_path):
     w = open_wal(tmp_path)
     w.commit([sample(1)])
     w.commit([sample(2)])
-    w.ops.close(w._fd)
+    crash(w)
     [seg] = segment_files(tmp_path)
     with open(seg, "ab") as f:  # a third commit's write, cut short
         f.write(fmt.encode_frame(fmt.Frame(3, 3, b"\x90" * 40, bytes(32),
@@ -179,7 +179,7 @@ def test_failed_write_seqs_are_never_reused_after_a_crash(tmp_path):
     ops.fail("fdatasync", times=None)
     ops.fail("write", times=None)
     assert w.commit([sample(2), sample(3)]) is None  # seqs 2-3 uncertain
-    # the process dies here: the gap record was only in memory
+    crash(w)  # the gap record was only in memory
     w = open_wal(tmp_path)
     [gap] = [r for r in records(tmp_path) if r["kind"] == "gap"]
     assert (gap["from_seq"], gap["to_seq"]) == (2, 3)

@@ -30,6 +30,7 @@ class AcctFollower:
         self.path, self.state_file, self.format = path, state_file, format
         self.log = get_logger(acct_file=str(path))
         self.pos = self._load()
+        self._saved = Position(**self.pos.__dict__)
         self.skipped = 0  # records that failed validation
         self.warned = False
 
@@ -42,9 +43,13 @@ class AcctFollower:
             return Position()
 
     def save(self) -> None:
-        """Persist the position once what was read is durable elsewhere."""
+        """Persist the position once what was read is durable elsewhere
+        (only when it moved: most sweeps read nothing)."""
+        if self.pos == self._saved:
+            return
         write_atomically(self.state_file, json.dumps(self.pos.__dict__),
                          mode=0o600)
+        self._saved = Position(**self.pos.__dict__)
 
     def poll(self) -> list[AcctRecord]:
         """The whole records appended since the last poll."""

@@ -32,6 +32,8 @@ from vmagent.wal.scan import Damage, Scan, iter_records, scan
 Record = dict[str, Any]
 SEGMENT_BYTES = 16 << 20
 QUARANTINE_BYTES = 64 << 20  # copies of damaged bytes kept, at most
+RESERVE_NAME = "reserve"  # freed at a stop on a full disk
+RESERVE_BYTES = 1 << 20  # at most; a quarter segment on small WALs
 
 
 @dataclass
@@ -120,6 +122,7 @@ class Wal:
         if self.pending_gaps:
             self.commit([])  # make the losses durable and explicit now
         self._delete_acked()
+        self._make_reserve()
 
     def _check_high_water(self, mark: Mark | None, damaged_tail: bool,
                           consumers: list[str]) -> None:
@@ -228,12 +231,15 @@ class Wal:
 
     # --- writing ----------------------------------------------------------
 
-    def commit(self, records: list[Record]) -> tuple[int, int] | None:
+    def commit(self, records: list[Record], *,
+               over_cap: bool = False) -> tuple[int, int] | None:
         """Write one sweep's records as one frame and fdatasync it; the WAL
         sets each record's ``seq`` and ``host``.
 
         Returns the (first, last) seq once durable, or None when the records
-        were kept in memory instead (cap, full disk or I/O error)."""
+        were kept in memory instead (cap, full disk or I/O error).
+        ``over_cap``: write even past ``max_bytes`` (the last frame at a
+        stop, which holds what was kept in memory)."""
         carried = list(self.pending_gaps)
         if self.coalescer:
             carried += self.coalescer.records(self.host, self.clock())
@@ -251,8 +257,8 @@ class Wal:
         frame = self._frame(first, last, body, bool(self.pending_gaps))
         data = fmt.encode_frame(frame)
         self._delete_acked()
-        if self._bytes() + len(data) + fmt.SEGMENT_HEADER_SIZE > \
-                self.max_bytes:
+        if not over_cap and self._bytes() + len(data) + \
+                fmt.SEGMENT_HEADER_SIZE > self.max_bytes:
             self._keep(records, "the WAL is at max_bytes")
             return None
         try:
@@ -415,9 +421,17 @@ class Wal:
         floor = self.cursors.minimum()
         while len(self._segments) > 1 and \
                 self._segments[1].first_seq - 1 <= floor:
-            seg = self._segments.pop(0)
-            self.ops.unlink(seg.path)
-            self.ops.fsync_dir(self.dir)
+            seg = self._segments[0]
+            try:
+                self.ops.unlink(seg.path)
+                self.ops.fsync_dir(self.dir)
+            except FileNotFoundError:
+                pass
+            except OSError as err:  # tried again at the next commit
+                self.log.error("wal_delete_failed", segment=seg.path.name,
+                               error=err.strerror)
+                return
+            self._segments.pop(0)
             while self._index and self._index[0].segment == seg.path:
                 self._index.pop(0)
                 self._firsts.pop(0)
@@ -440,8 +454,27 @@ class Wal:
             "acked": dict(self.cursors.acked),
         }
 
+    def _make_reserve(self) -> None:
+        """Space set aside for the last frame at a stop on a full disk."""
+        path = self.dir / RESERVE_NAME
+        size = min(RESERVE_BYTES, max(self.segment_bytes // 4, 4096))
+        try:
+            if not path.exists() or path.stat().st_size < size:
+                self.ops.write_atomically(path, bytes(size))
+        except OSError as err:
+            self.log.warning("wal_reserve_unavailable", error=err.strerror)
+
     def close(self) -> None:
-        """A clean stop: the high-water mark is made exact and durable."""
+        """A clean stop: what is still kept in memory (coalesced sweeps, gap
+        records) is written, into the reserved space if the disk is full
+        and past the cap if need be; the high-water mark is made exact."""
+        if self.coalescer or self.pending_gaps:
+            with contextlib.suppress(OSError):
+                self.ops.unlink(self.dir / RESERVE_NAME)
+            if self.commit([], over_cap=True) is None:
+                self.log.error("wal_stop_lost_kept_records",
+                               sweeps=self.coalescer.sweeps,
+                               gaps=len(self.pending_gaps))
         if self._fd is not None:
             self.ops.close(self._fd)
             self._fd = None
