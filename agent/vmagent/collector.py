@@ -28,6 +28,9 @@ from vmagent.wal import format as fmt
 from vmagent.wal.scan import covered, iter_records
 
 
+RECENT_FRAMES = 4096
+
+
 class VerifyError(VmagentError):
     """A batch failed verification: nothing of it may be stored or acked."""
 
@@ -49,6 +52,14 @@ class ChainState:
     last_hash: bytes | None = None  # None: the chain starts at the next frame
     missing: list[tuple[int, int]] = field(default_factory=list)
     gaps: list[tuple[int, int, str]] = field(default_factory=list)
+    # the hashes of the latest frames held, to tell a frame delivered again
+    # from one whose seqs came back with other content
+    recent: dict[tuple[int, int], bytes] = field(default_factory=dict)
+
+    def remember(self, first: int, last: int, frame_hash: bytes) -> None:
+        self.recent[(first, last)] = frame_hash
+        if len(self.recent) > RECENT_FRAMES:
+            del self.recent[next(iter(self.recent))]
 
     def covered(self, a: int, b: int) -> bool:
         return covered([(g[0], g[1]) for g in self.gaps], a, b)
@@ -139,6 +150,10 @@ def _verify_frame(f: Any, wal: bytes, host: str, state: ChainState,
         raise VerifyError("frame lacks a field") from None
     where = f"frame {first}-{last}"
     held = state.last_seq
+    known = state.recent.get((first, last))
+    if known is not None and known != h:
+        raise VerifyError(f"{where} came back with other content than "
+                          "before: the agent reused its seqs")
     if last <= held:
         return  # already held (a reply starts with the frame of after + 1)
     if first > held + 1:  # lost seqs: the chain may break here
@@ -159,6 +174,7 @@ def _verify_frame(f: Any, wal: bytes, host: str, state: ChainState,
             list(range(first, last + 1)):
         raise VerifyError(f"{where}: records do not hold exactly its seqs")
     state.last_seq, state.last_hash = last, h
+    state.remember(first, last, h)
     for rec in recs:
         if rec.get("kind") == "gap":
             state.gaps.append((rec["from_seq"], rec["to_seq"],

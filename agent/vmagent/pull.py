@@ -39,15 +39,17 @@ def pull(args: argparse.Namespace) -> int:
         try:
             batch = client.batch(after, state.wal,
                                  FOLLOW_WAIT_S if args.follow else 0)
-        except (PullError, OSError) as err:
-            after = _recover_from(err, state) if isinstance(err, PullError) \
-                else after
-            if not args.follow or (isinstance(err, PullError)
-                                   and after is None):
+        except PullError as err:
+            after = _recover_from(err, state)
+            if after is None:
                 print(f"vmagent pull: {err}", file=sys.stderr)
                 return 1
-            if isinstance(err, OSError):
-                time.sleep(1)  # the agent is restarting
+            continue
+        except OSError as err:
+            if not args.follow:
+                print(f"vmagent pull: {err}", file=sys.stderr)
+                return 1
+            time.sleep(1)  # the agent is restarting
             continue
         if after is None:
             state.last_seq = _start_of(batch)
@@ -105,17 +107,24 @@ def _start_of(batch: dict[str, Any]) -> int:
 
 def _recover_from(err: PullError, state: ChainState) -> int | None:
     """What to do after an HTTP error: a new WAL restarts from 0, seqs no
-    longer kept restart where they begin; anything else stops."""
+    longer kept (missing at the source) are reported and skipped; anything
+    else stops."""
     current = state.wal.hex() if state.wal else None
     if err.status == 409 and err.body.get("wal") not in (None, current):
         print(f"vmagent pull: the agent has a new WAL {err.body['wal']}: "
               "starting it from seq 0", file=sys.stderr)
         state.__init__()  # type: ignore[misc]
         return 0
+    if err.status == 409 and current is not None:
+        err.args = (f"the agent's WAL {current} no longer reaches seq "
+                    f"{state.last_seq}, which was received: it went back "
+                    f"({err.body.get('error', '')})",)
+        return None
     a, b = err.body.get("missing_from"), err.body.get("missing_to")
-    if err.status == 410 and isinstance(a, int) and isinstance(b, int):
-        print(f"vmagent pull: seqs {a}-{b} are no longer kept",
-              file=sys.stderr)
+    if err.status == 410 and isinstance(a, int) and isinstance(b, int) \
+            and b >= state.last_seq:
+        print(f"vmagent pull: seqs {a}-{b} are missing at the source (no "
+              "longer kept): continuing after them", file=sys.stderr)
         state.last_seq, state.last_hash = b, None
         return b
     return None

@@ -26,10 +26,11 @@ def free_port() -> int:
 
 class AgentProcess:
     def __init__(self, workdir: Path, extra_config: str = "",
-                 interval: float = 0.5, fake_vms: int = 0) -> None:
+                 interval: float = 0.5, fake_vms: int = 0,
+                 state: Path | None = None) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        self.state = workdir / "state"
+        self.state = state or workdir / "state"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config = workdir / "vmagent.toml"

@@ -168,3 +168,16 @@ def test_collector_reports_missing_seqs_without_a_gap(wal):
     state = ChainState()
     list(verify_batch(batch, state, wal.key.public))
     assert unexplained(state) == [(3, 4)]
+
+
+def test_collector_refuses_a_frame_whose_seqs_came_back_different(
+        tmp_path, wal):
+    state = ChainState()
+    list(verify_batch(batch_from(wal), state, wal.key.public))
+    other = Wal(tmp_path / "other", host="h1", key=wal.key)
+    other.wal_id = wal.wal_id  # the same WAL id, its seqs given out again
+    for i in range(4):
+        other.commit([{"kind": "sample", "t": 100 + i},
+                      {"kind": "sample", "t": 100 + i}])
+    with pytest.raises(VerifyError, match="other content"):
+        list(verify_batch(batch_from(other, 2), state, wal.key.public))

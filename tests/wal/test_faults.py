@@ -171,3 +171,14 @@ def test_full_disk_coalesces_and_resumes_when_space_returns(small_tmpfs):
     assert w.commit([sample(51)]) is not None
     w.close()
     assert verified(d)
+
+
+@pytest.mark.needsroot
+def test_segments_are_not_preallocated_so_a_tiny_filesystem_works(
+        small_tmpfs):
+    d = small_tmpfs / "wal"
+    w = open_wal(d, segment_bytes=16 << 20, max_bytes=1 << 30)  # > the fs
+    for i in range(20):
+        assert w.commit([sample(i)]) is not None
+    w.close()
+    assert verified(d)
