@@ -87,7 +87,8 @@ class Wal:
 
     def _recover(self, consumers: list[str]) -> None:
         for stale in self.dir.glob(".*.tmp"):  # a segment never renamed in
-            self.ops.unlink(stale)
+            with contextlib.suppress(OSError):
+                self.ops.unlink(stale)
         found = scan(self.dir, self.ops)
         sizes = self._repair(found)
         self.wal_id = found.wal_id or os.urandom(16)
@@ -180,9 +181,10 @@ class Wal:
             at_tail = d.offset >= seg.valid_end
             if not (d.torn and seg is last and at_tail):
                 self._quarantine(d)
-            if seg.header is None:
-                self.ops.unlink(seg.path)
-                self.ops.fsync_dir(self.dir)
+            if seg.header is None:  # copied: out of the way of the scan
+                with contextlib.suppress(OSError):
+                    self.ops.unlink(seg.path)
+                    self.ops.fsync_dir(self.dir)
                 sizes.pop(seg.path, None)
             elif at_tail:
                 try:
