@@ -1,6 +1,9 @@
-# Set up and run:   sudo make run    (a venv in .venv, the agent built, then
-#                                     `vmagent run` samples this host's VMs)
-# Set up and test:  sudo make test
+# As root (`sudo make ...` where sudo is present):
+# Set up and run:   make run    (the Debian build packages installed if
+#                                missing, a venv in .venv, the agent built,
+#                                then `vmagent run` samples this host's VMs)
+# Set up and test:  make test   (also the packages the tests need)
+# The packages: packaging/debian-packages.txt, also read by .ci/run.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,11 +11,17 @@ PYTEST_ARGS ?=
 SOURCES := pyproject.toml setup.py agent/vmagent/_version.py \
            $(wildcard native/*.h native/*.py native/*/*.c)
 
-.PHONY: setup run test clean
+# `make test` installs the test packages with the build ones (one apt-get)
+PACKAGE_GROUPS := build $(if $(filter test,$(MAKECMDGOALS)),test)
 
-setup: $(VENV)/.installed
+.PHONY: setup packages run test clean
 
-$(VENV)/.installed: $(SOURCES)
+setup: packages $(VENV)/.installed
+
+packages:
+	@sh packaging/debian-packages $(PACKAGE_GROUPS)
+
+$(VENV)/.installed: $(SOURCES) | packages
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'

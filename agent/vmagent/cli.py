@@ -142,8 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.configure()
     try:
         return int(args.func(args))
-    except ConfigError as err:
-        print(f"vmagent: bad configuration: {err}", file=sys.stderr)
+    except ConfigError as err:  # key None: the file itself is unusable
+        what = "bad configuration:" if err.key is not None else "config"
+        print(f"vmagent: {what} {err}", file=sys.stderr)
         return EXIT_CONFIG
     except VmagentError as err:
         print(f"vmagent: {err}", file=sys.stderr)
@@ -171,17 +172,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from vmagent.api.control import query_status
+    from vmagent.api.control import SOCKET_NAME, query_status
 
     cfg = config_mod.load(args.config)
     try:
         doc = query_status(cfg.agent.state_dir)
     except (OSError, ValueError) as err:
-        print(f"vmagent is not running (no answer on "
-              f"{cfg.agent.state_dir}/control.sock: {err})", file=sys.stderr)
+        sock = cfg.agent.state_dir / SOCKET_NAME
+        reason = getattr(err, "strerror", None) or str(err)
+        print(f"vmagent is not running (no answer on {sock}: {reason})",
+              file=sys.stderr)
+        if args.json:  # a document either way, for scripts and monitoring
+            print(json.dumps({"running": False, "control_socket": str(sock),
+                              "error": reason}, indent=2))
         return EXIT_NOT_RUNNING
     if args.json:
-        print(json.dumps(doc, indent=2))
+        print(json.dumps({"running": True, **doc}, indent=2))
     else:
         print(format_status(doc))
     return 0 if doc["health"]["state"] == "healthy" else EXIT_FAILURE
@@ -274,9 +280,17 @@ def cmd_key_show(args: argparse.Namespace) -> int:
 
 
 def _wal_dir(arg: str) -> Path:
+    """DIR of ``wal verify``/``wal dump``: a directory holding segments."""
+    from vmagent.wal.scan import list_segments
+
     path = Path(arg)
     if not path.is_dir():
         raise StateError(f"{path}: not a directory")
+    if not list_segments(path):
+        hint = f"; there is one in {path / 'wal'}" \
+            if list_segments(path / "wal") else ""
+        raise StateError(f"{path}: no WAL here (no segment files "
+                         f"<seq>.seg){hint}")
     return path
 
 

@@ -35,6 +35,29 @@ class VerifyError(VmagentError):
     """A batch failed verification: nothing of it may be stored or acked."""
 
 
+class Unreachable(urllib.error.URLError):
+    """No connection to the agent (refused, no route, name unknown, TLS
+    handshake refused): ``reason`` is the cause.  A URLError, so callers that
+    look at ``reason`` still can, and an OSError like every connection
+    failure; its message says where and why in words."""
+
+    def __init__(self, url: str, reason: BaseException | str) -> None:
+        super().__init__(reason)
+        self.url = url
+
+    def __str__(self) -> str:
+        return f"cannot reach {self.url}: {_words(self.reason)}"
+
+
+def _words(reason: BaseException | str) -> str:
+    """``connection refused`` rather than ``[Errno 111] Connection
+    refused``."""
+    text = (getattr(reason, "strerror", None) or str(reason)).strip()
+    if len(text) > 1 and text[0].isupper() and text[1].islower():
+        text = text[0].lower() + text[1:]
+    return text or type(reason).__name__
+
+
 class PullError(VmagentError):
     """The agent answered with an error (its status and JSON body)."""
 
@@ -100,6 +123,8 @@ class Client:
             except ValueError:
                 doc = {"error": raw[:200].decode("utf-8", "replace")}
             raise PullError(err.code, doc) from None
+        except urllib.error.URLError as err:  # not connected at all
+            raise Unreachable(self.url, err.reason) from None
 
     def batch(self, after: int | None, wal: bytes | None = None,
               wait: float = 0, max_records: int = 1000) -> dict[str, Any]:

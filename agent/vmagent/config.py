@@ -93,8 +93,8 @@ def load(path: Path | str | None = None) -> Config:
     try:
         text = path.read_bytes().decode("utf-8")
     except OSError as err:
-        raise ConfigError(str(path), "-", f"cannot read: {err.strerror}") \
-            from err
+        raise ConfigError(str(path), None, f"cannot read: "
+                          f"{err.strerror or err}") from err
     except UnicodeDecodeError as err:
         raise ConfigError(str(path), "-", "not UTF-8 text") from err
     return parse(text, str(path))
@@ -208,8 +208,8 @@ def parse_duration(value: Any) -> float:
         raise ValueError(f"expected seconds or a duration like \"10s\", "
                          f"got {value!r}")
     if not 0 < seconds <= 86400:
-        raise ValueError(f"expected a duration between 0 and 24h, "
-                         f"got {value!r}")
+        raise ValueError(f"expected a duration of more than 0 and at most "
+                         f"24h, got {value!r}")
     return seconds
 
 

@@ -12,10 +12,12 @@ class NativeExtensionError(VmagentError, ImportError):
 
 
 class ConfigError(VmagentError):
-    """A configuration file or value is invalid; the message names both."""
+    """A configuration file or value is invalid; the message names both
+    (``key`` None: the file as a whole, e.g. it cannot be read)."""
 
-    def __init__(self, source: str, key: str, problem: str) -> None:
-        super().__init__(f"{source}: {key}: {problem}")
+    def __init__(self, source: str, key: str | None, problem: str) -> None:
+        super().__init__(f"{source}: {key}: {problem}" if key is not None
+                         else f"{source}: {problem}")
         self.source = source
         self.key = key
         self.problem = problem

@@ -63,8 +63,8 @@ def load(path: Path) -> Tokens:
     try:
         text = path.read_text()
     except OSError as err:
-        raise ConfigError(str(path), "-", f"cannot read: {err.strerror}") \
-            from err
+        raise ConfigError(str(path), None, f"cannot read: "
+                          f"{err.strerror or err}") from err
     return parse(text, str(path))
 
 

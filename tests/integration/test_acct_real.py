@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from integration.conftest import wait_until
+from needs import require
 from vmagent.acct.records import read_file
 
 pytestmark = pytest.mark.realguest
@@ -39,6 +40,7 @@ def cpu_ticks(pid: int) -> int:
 
 
 def test_a_killed_kvm_guest_is_accounted_by_the_kernel(tmp_path):
+    require("accton")
     acct = tmp_path / "pacct"
     acct.touch()
     marker = f"acct-{uuid.uuid4().hex[:8]}"

@@ -17,6 +17,7 @@ import pytest
 from integration.agent_process import AgentProcess
 from integration.conftest import wait_until
 from integration.test_acct_real import cpu_ticks, host_pid_of
+from needs import require
 
 pytestmark = pytest.mark.realguest
 TICK = os.sysconf("SC_CLK_TCK")
@@ -27,6 +28,7 @@ class Namespace:
     has turned accounting on into ``acct``."""
 
     def __init__(self, acct: Path) -> None:
+        require("accton")
         acct.touch()
         self.init = subprocess.Popen(
             ["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c",

@@ -4,6 +4,9 @@ The kernel is the one Debian's ``linux-image-cloud-amd64`` depends on
 (``apt-get download``, ``dpkg-deb -x``); the initramfs holds static busybox,
 the virtio modules in dependency order, ``sendframes`` (gcc -static) and
 ``init.sh``.  The cache key covers every input, so a change rebuilds.
+A command it needs that is missing is a MissingTool naming the Debian
+package (the tests skip with it); run it as ``cd tests && python -m
+testguest.builder``.
 """
 
 from __future__ import annotations
@@ -16,9 +19,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import needs
+
 HERE = Path(__file__).parent
 META_PACKAGE = "linux-image-cloud-amd64"
-BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static
+#: Debian's busybox-static; the variable stands in for a missing one in tests
+BUSYBOX = Path(os.environ.get("VMAGENT_TESTGUEST_BUSYBOX", "/bin/busybox"))
+#: What the build runs besides busybox (apt-get, dpkg-deb, gzip: Debian's own)
+COMMANDS = ("apt-get", "apt-cache", "dpkg-deb", "gcc", "cpio", "gzip")
 #: In dependency order (`depmod -b` on the unpacked tree shows it).
 MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev",
            "virtio_pci_modern_dev", "virtio_pci", "failover",
@@ -33,6 +41,20 @@ class GuestImage:
 
 class BuildError(RuntimeError):
     """The test guest could not be built; the message says which step."""
+
+
+class MissingTool(BuildError):
+    """A command the build needs is not installed; the message names the
+    Debian package to install."""
+
+
+def missing_tool() -> str | None:
+    """Why the guest cannot be built here (what to install), or None."""
+    if not BUSYBOX.exists():
+        return f"needs {BUSYBOX} (apt-get install " \
+               f"{needs.packages()['/bin/busybox']}) for the test guest"
+    why = needs.missing(*COMMANDS)
+    return f"{why} for the test guest" if why else None
 
 
 def cache_root() -> Path:
@@ -63,8 +85,9 @@ def kernel_package() -> str:
 
 def build() -> GuestImage:
     """The cached kernel and initramfs, built first if needed."""
-    if not BUSYBOX.exists():
-        raise BuildError("no /bin/busybox: apt-get install busybox-static")
+    why = missing_tool()
+    if why:
+        raise MissingTool(why)
     package = kernel_package()
     key = hashlib.sha256()
     for part in (package.encode(), BUSYBOX.read_bytes(),

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -112,3 +115,79 @@ def test_an_unusable_state_dir_is_a_clear_error(tmp_path, capsys):
     assert main(["key", "show", "-c", str(cfg)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("vmagent: ") and "Traceback" not in err
+
+
+# --- first contact: each message says what is wrong in words (issue 15) ---
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``vmagent ARGS`` as a user runs it: a process, its exit code and
+    output."""
+    return subprocess.run([sys.executable, "-m", "vmagent.cli", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_missing_config_file_is_one_line_naming_file_and_reason(tmp_path):
+    missing = tmp_path / "nope.toml"
+    for command in ("check-config", "run", "status"):
+        r = cli(command, "-c", str(missing))
+        assert r.returncode == 78, (command, r.stderr)
+        assert r.stderr == (f"vmagent: config {missing}: cannot read: "
+                            "No such file or directory\n"), command
+
+
+def test_interval_zero_says_more_than_0_and_at_most_24h(tmp_path):
+    r = cli("check-config", "-c", str(write_config(tmp_path,
+                                                   extra="interval = 0")))
+    assert r.returncode == 78
+    assert "agent.interval: expected a duration of more than 0 and at most " \
+           "24h, got 0" in r.stderr
+    assert "between" not in r.stderr
+
+
+def test_status_json_of_a_stopped_agent_is_a_document(tmp_path):
+    cfg = write_config(tmp_path)
+    r = cli("status", "--json", "-c", str(cfg))
+    assert r.returncode == 3
+    doc = json.loads(r.stdout)
+    assert doc["running"] is False
+    assert doc["control_socket"] == str(tmp_path / "state/control.sock")
+    assert "not running" in r.stderr
+    r = cli("status", "-c", str(cfg))  # for a person: stderr only, as before
+    assert r.returncode == 3 and r.stdout == "" and "not running" in r.stderr
+
+
+def test_pull_from_a_stopped_agent_says_it_cannot_reach_it(tmp_path):
+    with socket.socket() as s:  # a port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    token = tmp_path / "token"
+    token.write_text("x" * 32)
+    r = cli("pull", url, "--consumer", "default", "--token-file", str(token))
+    assert r.returncode == 1
+    assert f"vmagent pull: cannot reach {url}: connection refused\n" in \
+        r.stderr
+    assert "urlopen" not in r.stderr and "Errno" not in r.stderr
+
+
+@pytest.mark.parametrize("command", ["verify", "dump"])
+def test_wal_commands_on_a_directory_without_a_wal_say_so(tmp_path, command):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = cli("wal", command, str(empty))
+    assert r.returncode == 1
+    assert r.stderr == f"vmagent: {empty}: no WAL here (no segment files " \
+                       "<seq>.seg)\n"
+    assert "host.pub" not in r.stderr
+
+
+def test_wal_verify_on_the_state_dir_points_at_its_wal(tmp_path):
+    from vmagent.keys import HostKey
+    from vmagent.wal import Wal
+
+    state = tmp_path / "state"
+    Wal(state / "wal", host="h", key=HostKey.load_or_create(state)).close()
+    r = cli("wal", "verify", str(state))
+    assert r.returncode == 1
+    assert f"no WAL here (no segment files <seq>.seg); there is one in " \
+           f"{state / 'wal'}" in r.stderr
+    assert cli("wal", "verify", str(state / "wal")).returncode == 0

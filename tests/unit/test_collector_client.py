@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import socket
 import threading
+import urllib.error
 
 import pytest
 
-from vmagent.collector import Client
+from vmagent.collector import Client, Unreachable
 
 
 def serve_once(reply: bytes) -> tuple[str, threading.Thread]:
@@ -40,3 +41,17 @@ def test_a_response_cut_off_is_a_connection_error(reply):
     with pytest.raises(ConnectionError, match="cut off|closed|reset|abort"):
         Client(url, "default", "token", timeout=30).batch(None)
     t.join(30)
+
+
+def test_no_agent_listening_is_unreachable_in_words():
+    """``vmagent pull`` prints this message; ``--follow`` and collectors
+    retry it like any OSError; ``reason`` still holds the cause."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(Unreachable) as e:
+        Client(url, "default", "token", timeout=30).batch(None)
+    assert str(e.value) == f"cannot reach {url}: connection refused"
+    assert isinstance(e.value, OSError)
+    assert isinstance(e.value, urllib.error.URLError)
+    assert isinstance(e.value.reason, ConnectionRefusedError)

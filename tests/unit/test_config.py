@@ -102,7 +102,10 @@ def test_cap_below_two_segments_is_refused_naming_max_bytes():
 
 
 @pytest.mark.parametrize(("text", "key", "words"), [
-    ("[agent]\ninterval = 0\n", "agent.interval", "between 0 and 24h"),
+    ("[agent]\ninterval = 0\n", "agent.interval",
+     "more than 0 and at most 24h"),
+    ('[agent]\ninterval = "25h"\n', "agent.interval",
+     "more than 0 and at most 24h"),
     ('[agent]\ninterval = "soon"\n', "agent.interval", "duration"),
     ("[agent]\ninterval = true\n", "agent.interval", "duration"),
     ('[agent]\nhost_id = ""\n', "agent.host_id", "non-empty string"),
@@ -138,3 +141,11 @@ def test_binary_file_is_an_error(tmp_path):
     path.write_bytes(b"\xff\xfe\x00")
     with pytest.raises(ConfigError, match="UTF-8"):
         config.load(path)
+
+
+def test_an_unreadable_file_is_named_with_the_reason_and_no_key(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        config.load(tmp_path / "nope.toml")
+    assert str(e.value) == (f"{tmp_path / 'nope.toml'}: cannot read: No such "
+                            "file or directory")
+    assert e.value.key is None
