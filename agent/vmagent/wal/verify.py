@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vmagent import keys
+from vmagent.frames import VerifyError, check_frame
 from vmagent.wal import format as fmt
 from vmagent.wal.fileops import FileOps
 from vmagent.wal.scan import FrameRef, Problem, iter_records, scan
@@ -48,21 +48,15 @@ def verify(directory: Path, public_key: bytes) -> Report:
 
 
 def _check_frame(frame: fmt.Frame, wal_id: bytes, public: bytes) -> str:
-    if fmt.chain_hash(frame.prev_hash, frame.records) != frame.hash:
-        return "hash does not match the records (tampered)"
-    if frame.key_id != keys.key_id(public):
-        return f"signed by another key (key id {frame.key_id.hex()})"
-    records = list(iter_records(frame.records))
-    seqs = [r.get("seq") if isinstance(r, dict) else None for r in records]
-    if seqs != list(range(frame.first_seq, frame.last_seq + 1)):
-        return "records do not hold exactly the frame's seqs"
-    host = records[0].get("host")
+    """What is wrong with the frame (``vmagent.frames``' rule), or ""."""
+    first = next(iter_records(frame.records), None)
+    host = first.get("host") if isinstance(first, dict) else None
     if not isinstance(host, str):
         return "first record has no host"
-    data = fmt.signed_bytes(host, wal_id, frame.first_seq, frame.last_seq,
-                            frame.hash)
-    if not keys.verify_signature(public, frame.sig, data):
-        return "signature does not verify with the public key"
+    try:
+        check_frame(frame, host, wal_id, public)
+    except VerifyError as err:
+        return str(err)
     return ""
 
 
