@@ -1,10 +1,10 @@
 """vmagent: per-VM metering straight from the kernel, for KVM and bhyve hosts.
 
-Importing the package checks the native probes, so a missing or stale build
-fails here with a message that says what to do.
+Only the probes need the native extension (``vmagent.probes._native``
+checks it and says what to do when it is missing or stale): pulling,
+verifying and reading a WAL work without it.
 """
 
 from vmagent._version import __version__
-from vmagent.probes import _native  # noqa: F401 - imported for its check
 
 __all__ = ["__version__"]

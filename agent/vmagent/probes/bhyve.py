@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from vmagent.errors import ProbeError
 from vmagent.probes._native import ffi, lib
 
 LAYOUT_14, LAYOUT_13 = lib.VMPROBE_VM_STATS_14, lib.VMPROBE_VM_STATS_13
@@ -26,7 +27,7 @@ EXITS = {"total number of vm exits": "exits",
          "number of vm exits handled in userspace": "userspace_exits"}
 
 
-class DecodeError(ValueError):
+class DecodeError(ProbeError, ValueError):
     """A kernel buffer that is not what it should be."""
 
 

@@ -22,6 +22,8 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+from vmagent.errors import VmagentError
+
 SEGMENT_MAGIC = b"VMAGWAL\x01"
 # magic, wal id, first seq, created ns, chain tip before it, crc, padding
 SEGMENT_HEADER = struct.Struct(">8s16sQQ32sI4x")
@@ -36,7 +38,7 @@ ZERO_HASH = bytes(32)
 SIG_CONTEXT = b"vmagent-wal-v1\0"
 
 
-class FormatError(ValueError):
+class FormatError(VmagentError, ValueError):
     """Bytes that are not a valid segment header or frame."""
 
 
