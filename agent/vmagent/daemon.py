@@ -1,9 +1,9 @@
 """``vmagent run``: discovery -> sampler -> WAL -> API, on a schedule.
 
 Sweeps run every ``interval``, aligned to wall-clock boundaries, in the main
-thread; each is one WAL commit.  The pull API and the control socket serve
-from their own threads and only ever take the WAL lock for short reads, so a
-slow collector never delays a sweep.  SIGTERM/SIGINT: a final sweep, made
+thread; each is one WAL commit.  The pull API and the control socket share
+one event loop in one thread of their own and only ever take the WAL lock
+for short reads, so a slow collector never delays a sweep.  SIGTERM/SIGINT: a final sweep, made
 durable, then exit 0.  SIGHUP: reload the config and tokens, keeping the old
 ones if the new are invalid.
 """
@@ -16,13 +16,13 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from vmagent import config as config_mod
 from vmagent import tokens as tokens_mod
 from vmagent._version import __version__
 from vmagent.errors import ConfigError, VmagentError
-from vmagent.fsutil import write_atomically
+from vmagent.fsutil import remove_stale_tmp, write_atomically
 from vmagent.acct.follower import AcctFollower
 from vmagent.acct.matching import acct_fields, candidates
 from vmagent.acct.report import HYPERVISORS
@@ -35,6 +35,7 @@ from vmagent.log import get_logger
 from vmagent.probes import VM, Prober, VMRef, bhyve
 from vmagent.probes.types import config_of
 from vmagent.sdnotify import Notifier
+from vmagent.statefiles import StateFiles
 from vmagent.wal import Wal
 
 DROPPED_FILE = "dropped_consumers"
@@ -58,6 +59,10 @@ class Agent:
         state = cfg.agent.state_dir
         self.host_id = cfg.agent.host_id or load_or_create_host_id(state)
         self.log = get_logger(host=self.host_id)
+        for d in (state, state / "wal" / "cursors"):
+            for name in remove_stale_tmp(d):  # a write cut short
+                self.log.warning("stale_tmp_removed", file=name)
+        self.state_files = StateFiles(host=self.host_id)
         self.key = HostKey.load_or_create(state)
         self.tokens, created = tokens_mod.load_or_create(cfg.tokens_file)
         self.dropped = load_dropped(state)
@@ -66,14 +71,18 @@ class Agent:
                              consumer=tokens_mod.DEFAULT_CONSUMER)
         self.lock = threading.Lock()
         self.committed = threading.Condition(self.lock)  # after each commit
-        self.wal = Wal(state / "wal", host=self.host_id, key=self.key,
-                       consumers=self._consumers(), max_bytes=cfg.wal.max_bytes,
-                       segment_bytes=cfg.wal.segment_bytes)
+        # called (in the sweep thread, lock released) after each sweep's
+        # commit attempt: the API server wakes its long-polls from here
+        self.commit_listeners: list[Callable[[], None]] = []
         self.prober = Prober(self.host_id, procfs_root=cfg.probes.procfs,
                              sysfs_root=cfg.probes.sysfs,
                              debugfs_root=cfg.probes.debugfs,
                              rescan_s=cfg.probes.rescan_s)
         self.boot_id = self.prober.boot_id
+        self.wal = Wal(state / "wal", host=self.host_id, key=self.key,
+                       consumers=self._consumers(), max_bytes=cfg.wal.max_bytes,
+                       segment_bytes=cfg.wal.segment_bytes,
+                       boot_id=self.boot_id)
         self.started = time.time()
         self.stop_requested = threading.Event()
         self.reload_requested = threading.Event()
@@ -88,6 +97,7 @@ class Agent:
         self._last_sample: dict[str, dict[str, Any]] = {}  # gen -> sample
         self._ended: dict[str, tuple[float, VM]] = {}  # exited: when, VM
         self._previous = load_vms(state)  # running at the last stop
+        self._started_before = set(self._previous)  # their vm_start is out
         self.acct = AcctFollower(Path(cfg.probes.acct_file),
                                  state / "acct.position")
         self.acct_counts = {"matched": 0, "unmatched": 0, "ambiguous": 0}
@@ -111,8 +121,12 @@ class Agent:
         if name not in self.consumers():
             raise VmagentError(f"no consumer {name!r}")
         with self.lock:
+            try:
+                save_dropped(self.cfg.agent.state_dir, self.dropped | {name})
+            except OSError as err:
+                raise VmagentError(f"cannot write {DROPPED_FILE}: "
+                                   f"{err.strerror}") from None
             self.dropped.add(name)
-            save_dropped(self.cfg.agent.state_dir, self.dropped)
             self.wal.set_consumers(self._consumers())
         self.log.warning("consumer_dropped", consumer=name)
 
@@ -136,8 +150,11 @@ class Agent:
             with self.committed:
                 done = self.wal.commit(records)
                 self.committed.notify_all()
-        if done is not None or not records:
-            self.acct.save()  # what was read from it is durable now
+            for listener in list(self.commit_listeners):
+                listener()
+        if done is not None or not records:  # what was read is durable
+            self.state_files.save("acct.position", self.acct.save)
+        self.state_files.flush()
         duration = time.perf_counter() - started
         n = len(self._known)
         self.sweeps += 1
@@ -153,6 +170,9 @@ class Agent:
         for vm in new:
             self._known[vm.ref.gen] = vm
             self.exits.watch(vm.pid)
+            if vm.ref.gen in self._started_before:  # running across a restart
+                self._started_before.discard(vm.ref.gen)
+                continue
             out.append({"kind": "vm_start", "t": t, "vm": vm.ref.as_record()})
         out += self._stopped_while_down(t)
         out += self._config_changes(t)
@@ -172,7 +192,8 @@ class Agent:
                 {"uuid": v.ref.uuid, "gen": v.ref.gen, "name": v.ref.name}
                 for v in self._known.values()]})
         if new or sweep.gone:
-            save_vms(self.cfg.agent.state_dir, self._known.values())
+            self.state_files.save(VMS_FILE, lambda: save_vms(
+                self.cfg.agent.state_dir, list(self._known.values())))
         return out
 
     def _config_changes(self, t: int) -> list[dict[str, Any]]:
@@ -294,30 +315,25 @@ class Agent:
 
     def run(self) -> int:
         """Serve and sweep until asked to stop; returns the exit code."""
-        from vmagent.api.control import ControlServer
-        from vmagent.api.http import ApiServer
+        from vmagent.api.service import ApiService
 
         self._install_signals()
+        servers = ApiService(self)  # its own thread and event loop
         try:
-            api = ApiServer(self)
-        except OSError as err:
-            raise VmagentError(f"cannot listen on {self.cfg.api.listen}: "
-                               f"{err.strerror}") from err
-        try:
-            control = ControlServer(self)
-        except OSError as err:
-            api.server_close()
-            raise VmagentError(f"cannot create the control socket in "
-                               f"{self.cfg.agent.state_dir}: {err.strerror}"
-                               ) from err
-        api.start()
-        control.start()
-        try:
+            try:
+                servers.listen_api()
+            except OSError as err:
+                raise VmagentError(f"cannot listen on {self.cfg.api.listen}"
+                                   f": {err.strerror}") from err
+            try:
+                servers.listen_control()
+            except OSError as err:
+                raise VmagentError(f"cannot create the control socket in "
+                                   f"{self.cfg.agent.state_dir}: "
+                                   f"{err.strerror}") from err
             return self._loop()
         finally:
-            api.shutdown()
-            api.server_close()
-            control.close()
+            servers.stop()
 
     def _loop(self) -> int:
         self.sweep(first=True)
@@ -409,6 +425,7 @@ class Agent:
             "wal": {k: v for k, v in wal.items() if k != "acked"},
             "consumers": consumers, "errors": list(self.errors),
             "dropped_consumers": sorted(self.dropped),
+            "state_files": self.state_files.status(),
             "acct": {"file": str(self.acct.path),
                      "readable": self.acct.path.exists(),
                      "format": self.acct.format,

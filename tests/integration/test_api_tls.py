@@ -86,6 +86,30 @@ def test_agent_must_be_verified_by_the_client(tls_agent, pki):
         c.batch(0)
 
 
+def test_connections_that_never_handshake_lock_nobody_out(tls_agent, pki):
+    """Silent TCP connections to the TLS port are pending like any other:
+    past the pool's size the oldest are closed, a collector gets in."""
+    import socket
+
+    from integration.hostile_clients import raise_fd_limit
+    from vmagent.api.guard import PENDING_LIMIT
+
+    raise_fd_limit()
+    held = []
+    try:
+        for _ in range(PENDING_LIMIT + 50):
+            held.append(socket.create_connection(("127.0.0.1",
+                                                  tls_agent.port)))
+        state = ChainState()
+        c = client(tls_agent, pki, "billing")
+        assert list(verify_batch(c.batch(0), state, tls_agent.public_key()))
+        held[0].settimeout(5)
+        assert held[0].recv(100) == b""  # closed to make room
+    finally:
+        for s in held:
+            s.close()
+
+
 def test_pull_command_with_certificates(tls_agent, pki):
     cert, key = pki["billing"]
     r = tls_agent.cli("pull", tls_agent.url, "--consumer", "billing",

@@ -1,79 +1,76 @@
-"""What keeps hostile or broken clients from hurting the agent: a cap on
-connections, a deadline for every request's headers (so a client sending a
-byte a second is cut off), and a request rate per client address."""
+"""What keeps hostile clients from crowding out a collector: a bounded pool
+of connections still waiting for a request's headers (the oldest makes room
+for a new one, so a connection is never refused), and a budget of failed
+unauthenticated requests per client address (token bucket).
+
+Nothing here runs on its own: the event loop calls it, so an idle agent has
+no wakeups."""
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 import time
+from collections import OrderedDict
+from typing import Callable, Generic, TypeVar
+
+T = TypeVar("T")
+
+PENDING_LIMIT = 1024
+FAILURE_RATE, FAILURE_BURST = 10.0, 50.0  # per second, at once
+FORGET_AFTER = 10_000  # addresses tracked before refilled ones are dropped
 
 
-class ConnectionGuard:
-    def __init__(self, max_connections: int = 64, header_timeout: float = 10.0,
-                 rate: float = 50.0, burst: float = 100.0) -> None:
-        self.max_connections = max_connections
-        self.header_timeout = header_timeout
-        self.rate, self.burst = rate, burst
-        self._lock = threading.Lock()
-        self._active = 0
-        self._deadlines: dict[socket.socket, float] = {}
+class PendingPool(Generic[T]):
+    """Connections that have not (yet) sent a whole request's headers, in
+    the order they became pending."""
+
+    def __init__(self, limit: int = PENDING_LIMIT) -> None:
+        self.limit = limit
+        self._items: OrderedDict[T, None] = OrderedDict()
+
+    def add(self, item: T) -> T | None:
+        """Make ``item`` the newest; returns the oldest when the pool was
+        full (the caller closes it), else None."""
+        self._items.pop(item, None)
+        oldest = None
+        if len(self._items) >= self.limit:
+            oldest, _ = self._items.popitem(last=False)
+        self._items[item] = None
+        return oldest
+
+    def discard(self, item: T) -> None:
+        self._items.pop(item, None)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class FailureLimiter:
+    """A token bucket per client address, drawn on only by requests that
+    fail without valid credentials."""
+
+    def __init__(self, rate: float = FAILURE_RATE,
+                 burst: float = FAILURE_BURST,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.burst, self.clock = rate, burst, clock
         self._buckets: dict[str, tuple[float, float]] = {}  # tokens, stamp
-        self._stop = threading.Event()
-        threading.Thread(target=self._reap, name="api-guard",
-                         daemon=True).start()
 
-    def admit(self) -> bool:
-        """Take a connection slot; False when all are taken."""
-        with self._lock:
-            if self._active >= self.max_connections:
-                return False
-            self._active += 1
-            return True
+    def take(self, address: str) -> bool:
+        """Charge one failure to ``address``; False when its budget is
+        spent (the request is then held back)."""
+        now = self.clock()
+        tokens, stamp = self._buckets.get(address, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - stamp) * self.rate)
+        if len(self._buckets) >= FORGET_AFTER:
+            self._forget(now)
+        allowed = tokens >= 1
+        self._buckets[address] = (tokens - 1 if allowed else tokens, now)
+        return allowed
 
-    def release(self) -> None:
-        with self._lock:
-            self._active -= 1
-
-    @property
-    def active(self) -> int:
-        return self._active
-
-    def watch(self, sock: socket.socket, timeout: float | None = None) -> None:
-        """``sock`` must deliver what is read next before the deadline."""
-        with self._lock:
-            self._deadlines[sock] = time.monotonic() + (timeout or
-                                                        self.header_timeout)
-
-    def unwatch(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._deadlines.pop(sock, None)
-
-    def allow(self, client: str) -> bool:
-        """One request from ``client`` under the rate limit (token bucket)."""
-        now = time.monotonic()
-        with self._lock:
-            tokens, stamp = self._buckets.get(client, (self.burst, now))
-            tokens = min(self.burst, tokens + (now - stamp) * self.rate)
-            if len(self._buckets) > 10_000:  # forget idle clients
-                self._buckets.clear()
-            if tokens < 1:
-                self._buckets[client] = (tokens, now)
-                return False
-            self._buckets[client] = (tokens - 1, now)
-            return True
-
-    def _reap(self) -> None:
-        while not self._stop.wait(0.25):
-            now = time.monotonic()
-            with self._lock:
-                late = [s for s, d in self._deadlines.items() if d < now]
-                for s in late:
-                    del self._deadlines[s]
-            for s in late:
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self._stop.set()
+    def _forget(self, now: float) -> None:
+        """Drop the addresses whose bucket has refilled since."""
+        full = self.burst / self.rate  # from empty to full
+        self._buckets = {a: v for a, v in self._buckets.items()
+                         if now - v[1] < full}

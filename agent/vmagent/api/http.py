@@ -1,28 +1,27 @@
-"""The pull API over HTTP/1.1 (ARCHITECTURE §5, docs/protocol.md).
+"""The pull API's endpoints (ARCHITECTURE §5, docs/protocol.md).
 
 ``GET /v1/batches``, ``POST /v1/ack``, ``GET /v1/status``, ``GET /metrics``;
-every endpoint needs ``Authorization: Bearer <token>``.  Every error is a
-JSON ``{"error": ...}`` with a 4xx code; nothing a client sends reaches the
-WAL except a well-formed ack.
+every endpoint needs ``Authorization: Bearer <token>`` (or, under mutual
+TLS, a client certificate whose CN is a consumer).  Every error is a JSON
+``{"error": ...}`` with a 4xx code; nothing a client sends reaches the WAL
+except a well-formed ack.  WAL reads and acks run in worker threads, so the
+event loop never waits for the WAL lock or the disk.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import json
-import socket
-import ssl
-import threading
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+import re
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from urllib.parse import parse_qs, urlsplit
 
 import msgpack
 
-from vmagent.api import tls
-from vmagent.api.guard import ConnectionGuard
+from vmagent.api.commits import Commits
 from vmagent.api.metrics import render
+from vmagent.api.server import MAX_BODY, Reply, Request
+from vmagent.errors import VmagentError
 from vmagent.wal import CursorError
 
 if TYPE_CHECKING:
@@ -31,251 +30,135 @@ if TYPE_CHECKING:
 MAX_RECORDS, DEFAULT_RECORDS = 10_000, 1000
 MAX_WAIT_S = 60.0
 MAX_BATCH_BYTES = 4 << 20
-MAX_BODY = 64 << 10
-REQUEST_TIMEOUT_S = 30.0
+ROUTES = {"/v1/batches": "GET", "/v1/ack": "POST", "/v1/status": "GET",
+          "/metrics": "GET"}
+INTEGER = re.compile(r"[0-9]{1,19}")  # ASCII only: str.isdigit takes "²"
+SECONDS = re.compile(r"([0-9]{1,9}(\.[0-9]{0,9})?|\.[0-9]{1,9})"
+                     r"([eE][-+]?[0-9]{1,3})?")
+JSON, MSGPACK = "application/json", "application/msgpack"
 
 
-class ApiError(Exception):
+class ApiError(VmagentError):
+    """A request that gets an error reply instead of its answer."""
+
     def __init__(self, status: int, message: str, **extra: Any) -> None:
         super().__init__(message)
-        self.status, self.body = status, {"error": message, **extra}
+        self.reply = Reply.error(status, message, **extra)
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port)
+class PullApi:
+    def __init__(self, agent: Agent, commits: Commits) -> None:
+        self.agent, self.commits = agent, commits
+        self._handlers: dict[str, Callable[[Request], Awaitable[Reply]]] = {
+            "/v1/batches": self._batches, "/v1/ack": self._ack,
+            "/v1/status": self._status, "/metrics": self._metrics}
 
-
-class ApiServer(ThreadingHTTPServer):
-    """Plain HTTP or TLS; the TLS handshake runs in the connection's own
-    thread, so a client that never finishes it holds up nobody else."""
-
-    daemon_threads = True
-    block_on_close = False
-    request_queue_size = 128
-
-    def __init__(self, agent: Agent) -> None:
-        host, port = parse_listen(agent.cfg.api.listen)
-        if ":" in host:
-            self.address_family = socket.AF_INET6
-        self.agent = agent
-        self.tls = tls.server_context(agent.cfg)
-        self.guard = ConnectionGuard(
-            header_timeout=agent.cfg.api.client_timeout_s)
-        super().__init__((host, port), Handler)
-
-    def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self.serve_forever, name="api",
-                                  daemon=True)
-        thread.start()
-        return thread
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.guard.admit():  # every slot taken: refuse at once
-            with contextlib.suppress(OSError):
-                request.sendall(BUSY)
-            self.shutdown_request(request)
-            return
+    def admit(self, request: Request) -> Reply | None:
+        """Before any body: the endpoint, the credentials, the query and
+        the body's size.  Sets ``request.consumer`` when the credentials
+        are valid, whatever else is wrong."""
         try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self.guard.release()
-            raise
-
-    def process_request_thread(self, request: Any,
-                               client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.guard.release()
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        if self.tls is None:
-            super().finish_request(request, client_address)
-            return
-        request.settimeout(self.guard.header_timeout)
-        try:
-            conn = self.tls.wrap_socket(request, server_side=True)
-        except (OSError, ssl.SSLError):
-            return  # no certificate, a foreign CA, or no handshake at all
-        try:
-            super().finish_request(conn, client_address)
-        finally:
-            conn.close()
-
-    def server_close(self) -> None:
-        self.guard.close()
-        super().server_close()
-
-
-BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json"
-        b"\r\nContent-Length: 33\r\nConnection: close\r\n\r\n"
-        b'{"error": "too many connections"}')
-
-
-class Handler(BaseHTTPRequestHandler):
-    server: ApiServer
-    protocol_version = "HTTP/1.1"
-    server_version = "vmagent"
-    timeout = REQUEST_TIMEOUT_S
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # errors are logged by the agent, not per request
-
-    def send_error(self, code: int, message: str | None = None,
-                   explain: str | None = None) -> None:
-        """Errors found while parsing the request: JSON like every other
-        error, with a status line even for HTTP/0.9-looking requests."""
-        if self.request_version == "HTTP/0.9" or not hasattr(self, "command"):
-            self.request_version = "HTTP/1.1"
-        self.command = getattr(self, "command", None) or "GET"
-        text = message or HTTPStatus(code).phrase
-        self._reply(code, "application/json",
-                    json.dumps({"error": text}).encode())
-
-    def handle_one_request(self) -> None:
-        # the request line and headers must arrive within the deadline
-        self.server.guard.watch(self.connection)
-        try:
-            super().handle_one_request()
-        finally:
-            self.server.guard.unwatch(self.connection)
-
-    def parse_request(self) -> bool:
-        ok = super().parse_request()  # reads the headers
-        self.server.guard.unwatch(self.connection)
-        return ok
-
-    # --- dispatch -----------------------------------------------------------
-
-    def do_GET(self) -> None:
-        self._handle("GET")
-
-    def do_POST(self) -> None:
-        self._handle("POST")
-
-    def _other(self) -> None:
-        self._handle(self.command)
-
-    do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _other
-
-    def _handle(self, method: str) -> None:
-        url = urlsplit(self.path)
-        routes = {"/v1/batches": ("GET", self._batches),
-                  "/v1/ack": ("POST", self._ack),
-                  "/v1/status": ("GET", self._status),
-                  "/metrics": ("GET", self._metrics)}
-        try:
-            if not self.server.guard.allow(self.client_address[0]):
-                raise ApiError(HTTPStatus.TOO_MANY_REQUESTS, "too many "
-                               "requests from this address; slow down")
-            if url.path not in routes:
-                raise ApiError(HTTPStatus.NOT_FOUND, f"no such endpoint "
-                               f"{url.path!r}")
-            want, handler = routes[url.path]
-            if method != want:
-                raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED,
-                               f"{url.path} takes {want}, not {method}")
-            consumer = self._authenticate()
-            query = self._query(url.query)
-            ctype, body = handler(consumer, query)
-            self._reply(HTTPStatus.OK, ctype, body)
+            self._admit(request)
         except ApiError as err:
-            self._reply(err.status, "application/json",
-                        json.dumps(err.body).encode())
+            return err.reply
+        return None
 
-    def _reply(self, status: int, ctype: str, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        if status >= 400:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+    def _admit(self, request: Request) -> None:
+        url = urlsplit(request.target)
+        request.consumer, refusal = self._credentials(request)
+        if url.path not in ROUTES:
+            raise ApiError(404, f"no such endpoint {url.path[:100]!r}")
+        want = ROUTES[url.path]
+        if request.method != want:
+            raise ApiError(405, f"{url.path} takes {want}, not "
+                           f"{request.method[:20]}")
+        if refusal is not None:
+            raise refusal
+        request.state.update(path=url.path, query=parse_query(url.query))
+        if want == "POST":
+            check_length(request.headers)
 
-    # --- request parsing ----------------------------------------------------
+    async def handle(self, request: Request) -> Reply:
+        try:
+            return await self._handlers[request.state["path"]](request)
+        except ApiError as err:
+            return err.reply
 
-    def _authenticate(self) -> str:
+    # --- credentials ----------------------------------------------------
+
+    def _credentials(self, request: Request) -> tuple[str | None,
+                                                      ApiError | None]:
         """The consumer this request speaks for: the CN of a verified client
         certificate (mutual TLS), else the owner of the bearer token."""
-        agent = self.server.agent
-        cn = tls.peer_common_name(self.connection)
+        cn = request.cert_cn
         if cn is not None:
-            if cn not in agent.consumers():
-                raise ApiError(HTTPStatus.FORBIDDEN, f"certificate CN {cn!r} "
-                               "is not a consumer")
-            return cn
-        header = self.headers.get("Authorization", "")
+            if cn not in self.agent.consumers():
+                return None, ApiError(403, f"certificate CN {cn[:128]!r} is "
+                                      "not a consumer")
+            return cn, None
+        header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise ApiError(HTTPStatus.UNAUTHORIZED, "a bearer token is "
-                           "required (Authorization: Bearer <token>)")
-        consumer = self.server.agent.tokens.consumer_of(token.strip())
+            return None, ApiError(401, "a bearer token is required "
+                                  "(Authorization: Bearer <token>)")
+        consumer = self.agent.tokens.consumer_of(token.strip())
         if consumer is None:
-            raise ApiError(HTTPStatus.UNAUTHORIZED, "unknown token")
-        return consumer
+            return None, ApiError(401, "unknown token")
+        return consumer, None
 
     @staticmethod
-    def _query(qs: str) -> dict[str, str]:
-        try:
-            parsed = parse_qs(qs, keep_blank_values=True, strict_parsing=False,
-                              max_num_fields=16)
-        except ValueError as err:
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"bad query: {err}") \
-                from None
-        return {k: v[-1] for k, v in parsed.items()}
-
-    @staticmethod
-    def _int(query: dict[str, str], key: str, default: int | None,
-             low: int, high: int) -> int | None:
-        if key not in query:
-            return default
-        text = query[key]
-        if not text.isdigit() or not low <= int(text) <= high:
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"{key} must be an integer "
-                           f"from {low} to {high}, got {text[:40]!r}")
-        return int(text)
-
-    def _consumer(self, token_consumer: str, claimed: object) -> str:
+    def _consumer(authenticated: str | None, claimed: object) -> str:
         if not isinstance(claimed, str) or not claimed:
-            raise ApiError(HTTPStatus.BAD_REQUEST, "consumer is required")
-        if claimed != token_consumer:
-            raise ApiError(HTTPStatus.FORBIDDEN, f"this token is not "
-                           f"consumer {claimed[:128]!r}'s")
+            raise ApiError(400, "consumer is required")
+        if claimed != authenticated:
+            raise ApiError(403, f"this token is not consumer "
+                           f"{claimed[:128]!r}'s")
         return claimed
 
-    # --- endpoints ----------------------------------------------------------
+    # --- GET /v1/batches ------------------------------------------------
 
-    def _batches(self, consumer: str, q: dict[str, str]) -> tuple[str, bytes]:
-        consumer = self._consumer(consumer, q.get("consumer"))
-        agent = self.server.agent
-        wal = agent.wal
-        limit = self._int(q, "max", DEFAULT_RECORDS, 1, MAX_RECORDS)
-        wait = self._wait(q)
-        with agent.committed:
+    async def _batches(self, request: Request) -> Reply:
+        q = request.state["query"]
+        consumer = self._consumer(request.consumer, q.get("consumer"))
+        limit = query_int(q, "max", DEFAULT_RECORDS, 1, MAX_RECORDS)
+        assert limit is not None  # it has a default
+        wait = query_wait(q)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        after: int | None = None
+        with self.commits.waiting():
+            while True:
+                commit = self.commits.next()
+                after, frames, body = await asyncio.to_thread(
+                    self._read, consumer, q, after, limit)
+                left = deadline - loop.time()
+                if frames or left <= 0:
+                    return Reply(200, MSGPACK, body)
+                await self.commits.wait(commit, left)
+
+    def _read(self, consumer: str, q: dict[str, str], after: int | None,
+              limit: int) -> tuple[int, int, bytes]:
+        """In a worker thread: (after, frames, the packed batch)."""
+        agent, wal = self.agent, self.agent.wal
+        with agent.lock:
             current = wal.wal_id.hex()
             if "wal" in q and q["wal"].lower() != current:
-                raise ApiError(HTTPStatus.CONFLICT, "not the current WAL",
-                               wal=current)
-            after = self._int(q, "after", None, 0, 2**63)
+                raise ApiError(409, "not the current WAL", wal=current)
+            if after is None:
+                after = query_int(q, "after", None, 0, 2**63)
             if after is None:
                 after = wal.cursors.acked.get(consumer, 0)
             if after > wal.next_seq - 1:
-                raise ApiError(HTTPStatus.CONFLICT, f"after {after} is beyond "
-                               f"the last seq {wal.next_seq - 1}", wal=current)
+                raise ApiError(409, f"after {after} is beyond the last seq "
+                               f"{wal.next_seq - 1}", wal=current)
             if after + 1 < wal.first_seq:
-                raise ApiError(HTTPStatus.GONE, "those seqs are no longer "
-                               "kept", missing_from=after + 1,
+                raise ApiError(410, "those seqs are no longer kept",
+                               missing_from=after + 1,
                                missing_to=wal.first_seq - 1)
-            if wal.durable_seq <= after and wait > 0:
-                agent.committed.wait_for(lambda: wal.durable_seq > after,
-                                         timeout=wait)
-            frames = wal.frames(after, max_records=limit or DEFAULT_RECORDS,
+            frames = wal.frames(after, max_records=limit,
                                 max_bytes=MAX_BATCH_BYTES)
             wal_id = wal.wal_id
-        return "application/msgpack", msgpack.packb({
+        return after, len(frames), msgpack.packb({
             "v": 1, "host": agent.host_id, "wal": wal_id,
             "first_seq": frames[0].first_seq if frames else None,
             "last_seq": frames[-1].last_seq if frames else None,
@@ -284,79 +167,103 @@ class Handler(BaseHTTPRequestHandler):
                         "hash": f.hash, "sig": f.sig,
                         "key_id": f.key_id.hex()} for f in frames]})
 
-    def _wait(self, q: dict[str, str]) -> float:
-        if "wait" not in q:
-            return 0.0
-        try:
-            wait = float(q["wait"])
-        except ValueError:
-            wait = -1.0
-        if not 0 <= wait <= MAX_WAIT_S:
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"wait must be seconds from "
-                           f"0 to {MAX_WAIT_S:g}, got {q['wait'][:40]!r}")
-        return wait
+    # --- POST /v1/ack -----------------------------------------------------
 
-    def _ack(self, consumer: str, _q: dict[str, str]) -> tuple[str, bytes]:
-        doc = self._body()
-        consumer = self._consumer(consumer, doc.get("consumer"))
-        agent = self.server.agent
+    async def _ack(self, request: Request) -> Reply:
+        doc = parse_body(request)
+        consumer = self._consumer(request.consumer, doc.get("consumer"))
         wal_field, seq = doc.get("wal"), doc.get("seq")
         if isinstance(wal_field, str):
             try:
                 wal_field = bytes.fromhex(wal_field)
             except ValueError:
-                raise ApiError(HTTPStatus.BAD_REQUEST, "wal must be the WAL "
-                               "id (bin, or hex in JSON)") from None
+                raise ApiError(400, "wal must be the WAL id (bin, or hex in "
+                               "JSON)") from None
         if not isinstance(wal_field, bytes):
-            raise ApiError(HTTPStatus.BAD_REQUEST, "wal is required")
+            raise ApiError(400, "wal is required")
         if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-            raise ApiError(HTTPStatus.BAD_REQUEST, "seq must be an integer "
-                           ">= 0")
-        with agent.lock:
-            current = agent.wal.wal_id
-            if wal_field != current:
-                raise ApiError(HTTPStatus.CONFLICT, "not the current WAL",
-                               wal=current.hex())
+            raise ApiError(400, "seq must be an integer >= 0")
+        cursor = await asyncio.to_thread(self._ack_durably, consumer,
+                                         wal_field, seq)
+        return Reply(200, JSON, json.dumps({"consumer": consumer,
+                                            "seq": cursor}).encode())
+
+    def _ack_durably(self, consumer: str, wal_id: bytes, seq: int) -> int:
+        """In a worker thread: the consumer's cursor, on disk."""
+        with self.agent.lock:
+            current = self.agent.wal.wal_id
+            if wal_id != current:
+                raise ApiError(409, "not the current WAL", wal=current.hex())
             try:
-                cursor = agent.wal.ack(consumer, seq)
+                return self.agent.wal.ack(consumer, seq)
             except CursorError as err:
-                raise ApiError(HTTPStatus.CONFLICT, str(err),
-                               wal=current.hex()) from None
-        return "application/json", json.dumps(
-            {"consumer": consumer, "seq": cursor}).encode()
+                raise ApiError(409, str(err), wal=current.hex()) from None
+            except OSError as err:
+                raise ApiError(503, f"cannot make the ack durable: "
+                               f"{err.strerror or err}") from None
 
-    def _body(self) -> dict[str, Any]:
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            raise ApiError(HTTPStatus.LENGTH_REQUIRED, "Content-Length is "
-                           "required")
-        if int(length) > MAX_BODY:
-            raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                           f"body over {MAX_BODY} bytes")
-        self.server.guard.watch(self.connection)  # the body too, in time
-        try:
-            raw = self.rfile.read(int(length))
-        finally:
-            self.server.guard.unwatch(self.connection)
-        ctype = self.headers.get("Content-Type", "").split(";")[0].strip()
-        try:
-            if ctype == "application/msgpack":
-                doc = msgpack.unpackb(raw, raw=False, strict_map_key=True,
-                                      max_bin_len=1024, max_str_len=1024,
-                                      max_array_len=16, max_map_len=16)
-            else:
-                doc = json.loads(raw)
-        except (ValueError, msgpack.UnpackException) as err:
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"body is not valid "
-                           f"{ctype or 'JSON'}: {str(err)[:100]}") from None
-        if not isinstance(doc, dict):
-            raise ApiError(HTTPStatus.BAD_REQUEST, "body must be a map")
-        return doc
+    # --- GET /v1/status, GET /metrics -------------------------------------
 
-    def _status(self, _c: str, _q: dict[str, str]) -> tuple[str, bytes]:
-        return "application/json", json.dumps(self.server.agent.status(),
-                                              default=repr).encode()
+    async def _status(self, _request: Request) -> Reply:
+        doc = await asyncio.to_thread(self.agent.status)
+        return Reply(200, JSON, json.dumps(doc, default=repr).encode())
 
-    def _metrics(self, _c: str, _q: dict[str, str]) -> tuple[str, bytes]:
-        return "text/plain; version=0.0.4", \
-            render(self.server.agent.status()).encode()
+    async def _metrics(self, _request: Request) -> Reply:
+        doc = await asyncio.to_thread(self.agent.status)
+        return Reply(200, "text/plain; version=0.0.4", render(doc).encode())
+
+
+def parse_query(qs: str) -> dict[str, str]:
+    try:
+        parsed = parse_qs(qs, keep_blank_values=True, max_num_fields=16)
+    except ValueError as err:
+        raise ApiError(400, f"bad query: {str(err)[:100]}") from None
+    return {k: v[-1] for k, v in parsed.items()}
+
+
+def query_int(q: dict[str, str], key: str, default: int | None, low: int,
+              high: int) -> int | None:
+    if key not in q:
+        return default
+    text = q[key]
+    if not INTEGER.fullmatch(text) or not low <= int(text) <= high:
+        raise ApiError(400, f"{key} must be an integer from {low} to "
+                       f"{high}, got {text[:40]!r}")
+    return int(text)
+
+
+def query_wait(q: dict[str, str]) -> float:
+    if "wait" not in q:
+        return 0.0
+    text = q["wait"]
+    if not SECONDS.fullmatch(text) or not 0 <= float(text) <= MAX_WAIT_S:
+        raise ApiError(400, f"wait must be seconds from 0 to "
+                       f"{MAX_WAIT_S:g}, got {text[:40]!r}")
+    return float(text)
+
+
+def check_length(headers: dict[str, str]) -> None:
+    """h11 has checked that a Content-Length is digits."""
+    length = headers.get("content-length")
+    if length is None:
+        raise ApiError(411, "Content-Length is required")
+    if len(length) > 19 or int(length) > MAX_BODY:
+        raise ApiError(413, f"body over {MAX_BODY} bytes")
+
+
+def parse_body(request: Request) -> dict[str, Any]:
+    raw = request.body
+    ctype = request.headers.get("content-type", "").split(";")[0].strip()
+    try:
+        if ctype == MSGPACK:
+            doc = msgpack.unpackb(raw, raw=False, strict_map_key=True,
+                                  max_bin_len=1024, max_str_len=1024,
+                                  max_array_len=16, max_map_len=16)
+        else:
+            doc = json.loads(raw)
+    except (ValueError, RecursionError, msgpack.UnpackException) as err:
+        raise ApiError(400, f"body is not valid {ctype[:40] or 'JSON'}: "
+                       f"{str(err)[:100]}") from None
+    if not isinstance(doc, dict):
+        raise ApiError(400, "body must be a map")
+    return doc
