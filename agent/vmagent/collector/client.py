@@ -1,4 +1,4 @@
-"""The reference collector's HTTP side: pull batches and ack them
+"""The reference pull client: pull batches and ack them
 (``vmagent pull``; docs/protocol.md is the contract).  Verification is
 ``vmagent.frames``: nothing unverified is handed on or acked.
 """

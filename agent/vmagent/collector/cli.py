@@ -1,0 +1,291 @@
+"""The ``vmcollector`` command (COLLECTOR.md §3; docs/collector.md).
+
+Exit codes: 0 success (``status``: every host current), 1 failure
+(``status``: a host is not current), 2 usage error, 3 store unreachable
+(``status``), 78 bad configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from vmagent import log
+from vmagent._version import __version__
+from vmagent.collector import config as config_mod
+from vmagent.collector.store import HostRow, SqliteStore, StoreError, open_store
+from vmagent.errors import ConfigError, StateError, VmagentError
+
+EXIT_FAILURE, EXIT_USAGE, EXIT_STORE, EXIT_CONFIG = 1, 2, 3, 78
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vmcollector",
+        description="Pull, verify and store a fleet's vmagent evidence.")
+    p.add_argument("--version", action="version",
+                   version=f"vmcollector {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, text, func in (
+            ("run", "pull every host into the store, in the foreground",
+             cmd_run),
+            ("check-config", "validate the configuration and exit",
+             cmd_check_config),
+            ("migrate", "create or upgrade the store's schema", cmd_migrate),
+            ("status", "each host's state; exit 0 when every host is "
+             "current, 1 otherwise, 3 store unreachable", cmd_status)):
+        sp = _with_config(sub.add_parser(name, help=text, description=text))
+        if name == "status":
+            sp.add_argument("--json", action="store_true",
+                            help="the COLLECTOR.md §4 document")
+        sp.set_defaults(func=func)
+    _hosts_command(sub)
+    return p
+
+
+def _with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    sp.add_argument("-c", "--config", metavar="FILE",
+                    help=f"configuration file (default "
+                         f"{config_mod.DEFAULT_PATH} if it exists)")
+    return sp
+
+
+def _hosts_command(sub: Any) -> None:
+    group = sub.add_parser("hosts", help="the hosts in the store") \
+        .add_subparsers(dest="hosts_command", metavar="ACTION", required=True)
+    add = _with_config(group.add_parser("add", help="add or replace a host "
+                                        "(the token's value is stored)"))
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("url", metavar="URL")
+    add.add_argument("--pubkey", required=True, metavar="F|HEX",
+                     help="the host's public key: a file (raw or hex) or "
+                          "64 hex digits; pinned")
+    add.add_argument("--token-file", required=True, metavar="F")
+    add.add_argument("--consumer", default="default", metavar="NAME")
+    add.add_argument("--cacert", metavar="F",
+                     help="CA certificate for an https:// agent")
+    add.set_defaults(func=cmd_hosts_add)
+    lst = _with_config(group.add_parser("list", help="list the hosts"))
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(func=cmd_hosts_list)
+    rm = _with_config(group.add_parser("remove", help="forget a host's "
+                                       "settings (its evidence stays)"))
+    rm.add_argument("name", metavar="NAME")
+    rm.set_defaults(func=cmd_hosts_remove)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    log.configure()
+    try:
+        return int(args.func(args))
+    except ConfigError as err:
+        what = "bad configuration:" if err.key is not None else "config"
+        print(f"vmcollector: {what} {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except StoreError as err:
+        print(f"vmcollector: store unreachable: {err}", file=sys.stderr)
+        return EXIT_STORE if args.command == "status" else EXIT_FAILURE
+    except VmagentError as err:
+        print(f"vmcollector: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as err:
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"vmcollector: {err.strerror or err}{where}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(args.config)
+    for host in cfg.hosts:
+        _read_token(cfg, host)
+    print(f"{cfg.source}: OK ({len(cfg.hosts)} hosts)")
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(args.config)
+    store = SqliteStore(cfg.db_path)
+    try:
+        before = store.version()
+        after = store.migrate()
+    finally:
+        store.close()
+    print(f"{cfg.db_path}: schema version {after}"
+          + (f" (was {before})" if before != after else " (up to date)"))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from vmagent.collector.ingest import Ingest
+
+    cfg = config_mod.load(args.config)
+    tokens = {h.name: _read_token(cfg, h) for h in cfg.hosts}
+    store = open_store(cfg.state_dir, cfg.store)
+    for h in cfg.hosts:  # the config wins for its names
+        store.put_host(HostRow(h.name, h.url, h.consumer, tokens[h.name],
+                               h.pubkey, str(h.cacert) if h.cacert else None))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    ingest = Ingest(store, cfg.pull_interval_s)
+    logger = log.get_logger()
+    logger.info("collector_started", store=str(cfg.db_path),
+                hosts=len(store.hosts()))
+    ingest.start()
+    while not stop.wait(1.0):
+        pass
+    logger.info("collector_stopping")
+    ingest.shutdown()
+    store.close()
+    logger.info("collector_stopped")
+    return 0
+
+
+def _read_token(cfg: config_mod.CollectorConfig,
+                host: config_mod.HostConfig) -> str | None:
+    if host.token_file is None:
+        return None
+    try:
+        return host.token_file.read_text().strip()
+    except OSError as err:
+        i = cfg.hosts.index(host)
+        raise ConfigError(cfg.source, f"hosts[{i}].token_file",
+                          f"cannot read {host.token_file}: "
+                          f"{err.strerror or err}") from None
+
+
+def _existing_store(cfg: config_mod.CollectorConfig) -> SqliteStore:
+    """The store as it is: never created or migrated by a reader."""
+    if not cfg.db_path.exists():
+        raise StoreError(f"{cfg.db_path} does not exist (run `vmcollector "
+                         "migrate` or `vmcollector run`)")
+    store = SqliteStore(cfg.db_path)
+    if store.version() == 0:
+        store.close()
+        raise StoreError(f"{cfg.db_path} has no schema (run `vmcollector "
+                         "migrate`)")
+    return store
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(args.config)
+    store = _existing_store(cfg)
+    try:
+        doc = status_document(store, cfg)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(format_status(doc))
+    current = all(h["state"] in ("current", "retired") for h in doc["hosts"])
+    return 0 if current else EXIT_FAILURE
+
+
+def status_document(store: SqliteStore,
+                    cfg: config_mod.CollectorConfig) -> dict[str, Any]:
+    """COLLECTOR.md §4 (this slice: no leases, no periods)."""
+    hosts = []
+    for h in store.hosts():
+        wals = [{"wal": w["wal"].hex(), "held": w["held"], "gaps": w["gaps"],
+                 "last_seq": w["last_seq"], "watermark": _rfc3339(
+                     w["newest_t"] / 1e9 if w["newest_t"] else None)}
+                for w in store.wals(h.name)]
+        hosts.append({"name": h.name, "url": h.url, "state": h.state,
+                      "error": h.error, "lease": None, "wals": wals,
+                      "last_pull": _rfc3339(h.last_pull),
+                      "behind_records": h.behind_records,
+                      "clock_offset_s": h.clock_offset_s,
+                      "acked_seq": h.acked_seq})
+    return {"store": f"sqlite:{cfg.db_path}", "instance": socket.gethostname(),
+            "hosts": hosts, "periods": []}
+
+
+def format_status(doc: dict[str, Any]) -> str:
+    lines = [f"store {doc['store']}: {len(doc['hosts'])} hosts"]
+    for h in doc["hosts"]:
+        held = sum(b - a + 1 for w in h["wals"] for a, b in w["held"])
+        gaps = sum(len(w["gaps"]) for w in h["wals"])
+        lines.append(f"{h['name']}: {h['state']}, {held} records held in "
+                     f"{len(h['wals'])} WALs, {gaps} missing ranges, acked "
+                     f"{h['acked_seq']}, last pull {h['last_pull'] or '-'}")
+        if h["error"]:
+            lines.append(f"  error: {h['error']}")
+    return "\n".join(lines)
+
+
+def _rfc3339(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc) \
+        .isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def cmd_hosts_add(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(args.config)
+    try:
+        key = config_mod.pubkey(args.pubkey)
+        token = Path(args.token_file).read_text().strip()
+    except (TypeError, ValueError) as err:
+        raise StateError(f"--pubkey: {err}") from None
+    except OSError as err:
+        raise StateError(f"--token-file: cannot read {args.token_file}: "
+                         f"{err.strerror or err}") from None
+    if not args.url.startswith(("http://", "https://")):
+        print(f"vmcollector: URL must be http:// or https://, got "
+              f"{args.url!r}", file=sys.stderr)
+        return EXIT_USAGE
+    store = open_store(cfg.state_dir, cfg.store)
+    try:
+        store.put_host(HostRow(args.name, args.url, args.consumer, token, key,
+                               str(Path(args.cacert).resolve())
+                               if args.cacert else None))
+    finally:
+        store.close()
+    print(f"host {args.name} added ({args.url}, consumer {args.consumer})")
+    return 0
+
+
+def cmd_hosts_list(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(args.config)
+    store = _existing_store(cfg)
+    try:
+        rows = [{"name": h.name, "url": h.url, "consumer": h.consumer,
+                 "pubkey": h.pubkey.hex(), "cacert": h.cacert,
+                 "state": h.state} for h in store.hosts()]
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['name']}  {r['url']}  consumer={r['consumer']}  "
+                  f"{r['state']}  key={r['pubkey'][:16]}…")
+    return 0
+
+
+def cmd_hosts_remove(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(args.config)
+    store = _existing_store(cfg)
+    try:
+        removed = store.remove_host(args.name)
+    finally:
+        store.close()
+    if not removed:
+        print(f"vmcollector: no host {args.name}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"host {args.name} removed (its evidence stays in the store)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

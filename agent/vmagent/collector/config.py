@@ -1,0 +1,184 @@
+"""``vmcollector``'s configuration: TOML -> frozen dataclasses (COLLECTOR.md
+§2).  Every error names the file and the key, in one line (exit 78).
+
+This slice reads ``[collector]`` state_dir, store, pull_interval and
+``[[hosts]]``; the other keys of §2 (listen, instance, lease, auto_close,
+calendar, grace) are accepted and ignored until their slices land.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vmagent.config import parse_duration
+from vmagent.errors import ConfigError, StateError
+from vmagent.keys import load_public_key
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_PATH = Path("/usr/local/etc/vmagent/collector.toml"
+                    if sys.platform.startswith("freebsd")
+                    else "/etc/vmagent/collector.toml")
+BUILTIN = "built-in defaults"
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_LATER = ("listen", "instance", "lease", "auto_close", "calendar", "grace")
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    name: str
+    url: str
+    consumer: str = "default"
+    token_file: Path | None = None
+    pubkey: bytes = b""  # 32 bytes, pinned
+    cacert: Path | None = None
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    state_dir: Path = Path("/var/lib/vmcollector")
+    store: str = "sqlite"
+    pull_interval_s: float = 10.0
+    hosts: tuple[HostConfig, ...] = ()
+    source: str = BUILTIN
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "collector.db"
+
+
+def load(path: Path | str | None = None) -> CollectorConfig:
+    """The config at ``path``; without one, the default path if it exists,
+    else built-in defaults.  Raises ConfigError naming file and key."""
+    if path is None:
+        if not DEFAULT_PATH.exists():
+            return CollectorConfig()
+        path = DEFAULT_PATH
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise ConfigError(str(path), None, f"cannot read: "
+                          f"{err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(str(path), "-", "not UTF-8 text") from err
+    return parse(text, str(path))
+
+
+def parse(text: str, source: str = "<string>") -> CollectorConfig:
+    """A CollectorConfig from TOML text; ``source`` names it in errors."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(source, "-", f"not valid TOML: {err}") from err
+    unknown = set(doc) - {"collector", "hosts"}
+    if unknown:
+        raise ConfigError(source, sorted(unknown)[0], "unknown section; "
+                          "expected collector or [[hosts]]")
+    section = doc.get("collector", {})
+    if not isinstance(section, dict):
+        raise ConfigError(source, "collector", "expected a table")
+    fields = _collector(source, section)
+    hosts = doc.get("hosts", [])
+    if not isinstance(hosts, list):
+        raise ConfigError(source, "hosts", "expected [[hosts]] tables")
+    built = tuple(_host(source, i, h) for i, h in enumerate(hosts))
+    names = [h.name for h in built]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(source, f"hosts[{i}].name",
+                              f"{name!r} is given twice")
+    return CollectorConfig(hosts=built, source=source, **fields)
+
+
+def _collector(source: str, table: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        name = f"collector.{key}"
+        try:
+            if key == "state_dir":
+                out["state_dir"] = Path(_text(value))
+            elif key == "store":
+                out["store"] = _store(value)
+            elif key == "pull_interval":
+                out["pull_interval_s"] = parse_duration(value)
+            elif key not in _LATER:
+                raise ValueError("unknown key; expected one of state_dir, "
+                                 "store, pull_interval, " + ", ".join(_LATER))
+        except (TypeError, ValueError) as err:
+            raise ConfigError(source, name, str(err)) from None
+    return out
+
+
+def _store(value: Any) -> str:
+    text = _text(value)
+    if text.startswith(("postgresql://", "postgres://")):
+        raise ValueError("PostgreSQL is not built yet (a later slice); use "
+                         "store = \"sqlite\"")
+    if text != "sqlite":
+        raise ValueError(f"expected \"sqlite\" (or a postgresql:// URL, not "
+                         f"built yet), got {value!r}")
+    return text
+
+
+_HOST_KEYS = ("name", "url", "consumer", "token_file", "pubkey", "cacert")
+
+
+def _host(source: str, i: int, table: Any) -> HostConfig:
+    where = f"hosts[{i}]"
+    if not isinstance(table, dict):
+        raise ConfigError(source, where, "expected a table")
+    for key in table:
+        if key not in _HOST_KEYS:
+            raise ConfigError(source, f"{where}.{key}", "unknown key; "
+                              f"expected one of {', '.join(_HOST_KEYS)}")
+    for key in ("name", "url", "pubkey", "token_file"):
+        if key not in table:
+            raise ConfigError(source, f"{where}.{key}", "missing")
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        try:
+            out[key] = _HOST_FIELDS[key](value)
+        except (TypeError, ValueError, StateError) as err:
+            raise ConfigError(source, f"{where}.{key}", str(err)) from None
+    return HostConfig(**out)
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise TypeError(f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _name(value: Any) -> str:
+    if not _NAME.match(_text(value)):
+        raise ValueError(f"expected letters, digits, '_', '.', '-', got "
+                         f"{value!r}")
+    return value
+
+
+def _url(value: Any) -> str:
+    if not _text(value).startswith(("http://", "https://")):
+        raise ValueError(f"expected an http:// or https:// URL, got "
+                         f"{value!r}")
+    return value
+
+
+def pubkey(value: str) -> bytes:
+    """A pinned key from 64 hex digits or a file holding it raw or hex."""
+    text = _text(value).strip()
+    if re.fullmatch(r"[0-9a-fA-F]{64}", text):
+        return bytes.fromhex(text)
+    return load_public_key(Path(text))
+
+
+_HOST_FIELDS = {"name": _name, "url": _url, "consumer": _name,
+                "token_file": lambda v: Path(_text(v)), "pubkey": pubkey,
+                "cacert": lambda v: Path(_text(v))}

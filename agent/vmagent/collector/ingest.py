@@ -1,0 +1,258 @@
+"""Ingest: one thread per host long-polls its agent, verifies every frame
+with ``vmagent.frames`` and the pinned key, stores the batch in one
+transaction, commits, then acks (COLLECTOR.md §1).
+
+A slow or dead host holds up only its own thread.  A frame that fails
+verification turns the host ``untrusted``: the frames before it are
+stored and acked, nothing of it.  A store error: no ack, back off, retry.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from vmagent.api.tls import client_context
+from vmagent.collector.client import Client, PullError
+from vmagent.collector.store import (
+    EvidenceConflict,
+    HostRow,
+    Store,
+    StoredFrame,
+    StoreError,
+)
+from vmagent.frames import ChainState, VerifyError, verify_batch
+from vmagent.log import get_logger
+
+MAX_RECORDS = 1000
+BACKOFF_START_S, BACKOFF_CAP_S = 0.2, 30.0
+FAILING_AFTER = 3  # pulls failed in a row
+LAGGING_AFTER_S = 60.0
+
+
+def backoff(attempt: int, cap: float = BACKOFF_CAP_S) -> float:
+    """Exponential, capped, with full jitter over its upper half."""
+    delay = min(cap, BACKOFF_START_S * (2 ** min(attempt, 20)))
+    return delay * random.uniform(0.5, 1.0)
+
+
+class HostIngest(threading.Thread):
+    """Pulls one host until ``stop`` is set or the host is untrusted."""
+
+    def __init__(self, store: Store, host: HostRow, stop: threading.Event,
+                 wait_s: float = 10.0) -> None:
+        super().__init__(name=f"ingest-{host.name}", daemon=True)
+        self.store, self.host, self.stop_event = store, host, stop
+        self.wait_s = min(max(wait_s, 0.0), 60.0)
+        self.log = get_logger(host=host.name)
+        self.busy = threading.Lock()  # held while a batch is in hand
+        self.state = ChainState(wal=host.wal, last_seq=host.stored_seq,
+                                last_hash=host.last_hash)
+        self.max_records = MAX_RECORDS
+        self.pending: list[tuple[int, int, str]] = []  # missing, unsaved
+        self.failures = 0
+        self.full_since: float | None = None
+        self.client = _client(host, self.wait_s)
+
+    def run(self) -> None:
+        self.log.info("ingest_started", wal=_hex(self.state.wal),
+                      after=self.state.last_seq)
+        attempt = 0
+        while not self.stop_event.is_set():
+            try:
+                done = self.cycle()
+            except StoreError as err:  # nothing acked: the batch comes again
+                self.log.warning("store_error", error=str(err))
+                done = None
+            if done is False:
+                return  # untrusted: an operator must act
+            attempt = 0 if done else attempt + 1
+            if not done:
+                self.stop_event.wait(backoff(attempt))
+
+    def cycle(self) -> bool | None:
+        """One pull.  True: progress or nothing new; None: retry after a
+        backoff; False: the host is untrusted, stop pulling it."""
+        try:
+            batch = self.client.batch(self.state.last_seq, self.state.wal,
+                                      self.wait_s, self.max_records)
+        except PullError as err:
+            return self._pull_error(err)
+        except VerifyError as err:
+            return self._untrusted(str(err))
+        except OSError as err:
+            return self._unreachable(err)
+        with self.busy:
+            if self.stop_event.is_set():
+                return True  # not stored, not acked: it comes again
+            return self._ingest(batch)
+
+    def _ingest(self, batch: dict[str, Any]) -> bool | None:
+        before = _snapshot(self.state)
+        frames, failure = self._verify(batch)
+        try:
+            if self.state.wal and (frames or self.pending or
+                                   self.state.wal != self.host.wal):
+                self.store.save_batch(self.host.name, self.state.wal,
+                                      frames, self.pending,
+                                      self.state.last_seq,
+                                      self.state.last_hash,
+                                      **self._progress(batch, frames))
+                self.host = replace(self.host, wal=self.state.wal)
+                self.pending = []
+            else:
+                self._mark_ok(batch, frames)
+        except StoreError:
+            self.state = before
+            raise
+        except EvidenceConflict as err:
+            self.state = before
+            return self._untrusted(str(err))
+        if frames:
+            self._ack()
+        if failure is not None:
+            return self._untrusted(failure)
+        return True
+
+    def _verify(self, batch: dict[str, Any]) \
+            -> tuple[list[StoredFrame], str | None]:
+        """The frames that verify, up to the first that does not (and why
+        it did not)."""
+        out: list[StoredFrame] = []
+        for f in batch.get("frames") or []:
+            held = self.state.last_seq
+            try:
+                recs = list(verify_batch({**batch, "frames": [f]}, self.state,
+                                         self.host.pubkey))
+            except VerifyError as err:
+                return out, str(err)
+            if self.state.last_seq > held:
+                out.append(StoredFrame(
+                    int(f["first_seq"]), int(f["last_seq"]), bytes(f["hash"]),
+                    bytes(f["prev_hash"]), bytes(f["sig"]), str(f["key_id"]),
+                    bytes(f["records"]), recs))
+        if batch.get("frames") is not None and not batch.get("frames") \
+                and self.state.wal is None:
+            wal = batch.get("wal")  # an empty WAL: remember which it is
+            if isinstance(wal, bytes) and len(wal) == 16:
+                self.state.wal = wal
+        return out, None
+
+    def _progress(self, batch: dict[str, Any],
+                  frames: list[StoredFrame]) -> dict[str, Any]:
+        now = time.time()
+        full = sum(len(f.decoded) for f in frames) >= self.max_records
+        if not full:
+            self.full_since = None
+        elif self.full_since is None:
+            self.full_since = now
+        ts = [r["t"] for f in frames for r in f.decoded
+              if isinstance(r.get("t"), int)]
+        lagging = self.full_since is not None and \
+            now - self.full_since > LAGGING_AFTER_S
+        progress: dict[str, Any] = {
+            "last_pull": now, "behind_records": None if full else 0,
+            "state": "lagging" if lagging else "current", "error": None}
+        if ts:
+            progress["clock_offset_s"] = round(max(ts) / 1e9 - now, 3)
+        self.failures = 0
+        return progress
+
+    def _mark_ok(self, batch: dict[str, Any],
+                 frames: list[StoredFrame]) -> None:
+        self.store.set_state(self.host.name, **self._progress(batch, frames))
+
+    def _ack(self) -> None:
+        wal, seq = self.state.wal, self.state.last_seq
+        assert wal is not None
+        try:
+            self.client.ack(wal, seq)
+        except (PullError, OSError) as err:  # stored: it only comes again
+            self.log.warning("ack_failed", seq=seq, error=str(err))
+            return
+        self.store.set_acked(self.host.name, seq)
+
+    def _pull_error(self, err: PullError) -> bool | None:
+        current = self.state.wal.hex() if self.state.wal else None
+        body = err.body
+        if err.status == 409 and body.get("wal") not in (None, current):
+            self.log.warning("new_wal", old=current, new=body["wal"])
+            self.state = ChainState()  # an explicit discontinuity
+            return True
+        a, b = body.get("missing_from"), body.get("missing_to")
+        if err.status == 410 and isinstance(a, int) and isinstance(b, int) \
+                and b >= self.state.last_seq:
+            # stored with the next batch, in its transaction, with the cursor
+            self.log.warning("missing_at_source", from_seq=a, to_seq=b)
+            self.pending.append((a, b, "missing at the source (410)"))
+            self.state.last_seq, self.state.last_hash = b, None
+            return True
+        return self._failed(str(err))
+
+    def _unreachable(self, err: OSError) -> None:
+        return self._failed(str(err))
+
+    def _failed(self, error: str) -> None:
+        self.failures += 1
+        self.log.warning("pull_failed", error=error, failures=self.failures)
+        state = "failing" if self.failures >= FAILING_AFTER else None
+        try:
+            if state:
+                self.store.set_state(self.host.name, state, error)
+        except StoreError as err:
+            self.log.warning("store_error", error=str(err))
+        return None
+
+    def _untrusted(self, error: str) -> bool:
+        self.log.error("host_untrusted", error=error)
+        self.store.set_state(self.host.name, "untrusted", error)
+        return False
+
+
+def _client(host: HostRow, wait_s: float) -> Client:
+    context = None
+    if host.url.startswith("https:"):
+        context = client_context(Path(host.cacert) if host.cacert else None,
+                                 None, None)
+    return Client(host.url, host.consumer, host.token, timeout=wait_s + 30,
+                  ssl_context=context)
+
+
+def _snapshot(state: ChainState) -> ChainState:
+    """A copy to go back to when a batch is not stored."""
+    return replace(state, missing=list(state.missing), gaps=list(state.gaps),
+                   recent=dict(state.recent))
+
+
+def _hex(wal: bytes | None) -> str | None:
+    return wal.hex() if wal else None
+
+
+class Ingest:
+    """Every host's thread; ``shutdown`` lets each finish its batch."""
+
+    def __init__(self, store: Store, wait_s: float) -> None:
+        self.store, self.wait_s = store, wait_s
+        self.stop = threading.Event()
+        self.threads: list[HostIngest] = []
+
+    def start(self) -> None:
+        for host in self.store.hosts():
+            if host.state in ("untrusted", "retired"):
+                get_logger(host=host.name).warning(
+                    "host_not_pulled", state=host.state, error=host.error)
+                continue
+            t = HostIngest(self.store, host, self.stop, self.wait_s)
+            self.threads.append(t)
+            t.start()
+
+    def shutdown(self) -> None:
+        """Stop pulling; wait for every batch in hand to be stored and
+        acked (a thread in a long-poll holds nothing)."""
+        self.stop.set()
+        for t in self.threads:
+            t.busy.acquire()
