@@ -51,10 +51,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def with_config(sp: argparse.ArgumentParser,
+                default: Path = config_mod.DEFAULT_PATH
+                ) -> argparse.ArgumentParser:
+    """``-c FILE`` on a sub-command (``vmcollector`` passes its default)."""
     sp.add_argument("-c", "--config", metavar="FILE",
-                    help=f"configuration file (default "
-                         f"{config_mod.DEFAULT_PATH} if it exists)")
+                    help=f"configuration file (default {default} if it "
+                         "exists)")
     return sp
 
 
@@ -69,7 +72,7 @@ def _agent_commands(sub: Any) -> None:
             ("status", "ask the running agent how it is; exit 0 healthy, "
              "1 degraded, 3 not running", cmd_status,
              "the whole status document")):
-        sp = _with_config(sub.add_parser(name, help=text, description=text))
+        sp = with_config(sub.add_parser(name, help=text, description=text))
         if json_flag:
             sp.add_argument("--json", action="store_true", help=json_flag)
         sp.set_defaults(func=func)
@@ -86,7 +89,7 @@ def _group(sub: Any, name: str, text: str,
         for flag, options in arguments:
             sp.add_argument(flag, **options)
         if config:
-            _with_config(sp)
+            with_config(sp)
         sp.set_defaults(func=func)
 
 

@@ -10,7 +10,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from vmagent.errors import ConfigError
 
@@ -85,10 +85,21 @@ class Config:
 def load(path: Path | str | None = None) -> Config:
     """The config at ``path``; without one, the default path if it exists,
     else built-in defaults.  Raises ConfigError naming file and key."""
+    return load_file(path, DEFAULT_PATH, parse, Config())
+
+
+T = TypeVar("T")
+
+
+def load_file(path: Path | str | None, default_path: Path,
+              parse_text: Callable[[str, str], T], builtin: T) -> T:
+    """``parse_text(text, source)`` of the file at ``path`` (or at
+    ``default_path`` if it exists, else ``builtin``); ConfigError naming the
+    file when it cannot be read."""
     if path is None:
-        if not DEFAULT_PATH.exists():
-            return Config()
-        path = DEFAULT_PATH
+        if not default_path.exists():
+            return builtin
+        path = default_path
     path = Path(path)
     try:
         text = path.read_bytes().decode("utf-8")
@@ -97,15 +108,20 @@ def load(path: Path | str | None = None) -> Config:
                           f"{err.strerror or err}") from err
     except UnicodeDecodeError as err:
         raise ConfigError(str(path), "-", "not UTF-8 text") from err
-    return parse(text, str(path))
+    return parse_text(text, str(path))
+
+
+def toml_doc(text: str, source: str) -> dict[str, Any]:
+    """TOML text as a dict, or ConfigError naming ``source``."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(source, "-", f"not valid TOML: {err}") from err
 
 
 def parse(text: str, source: str = "<string>") -> Config:
     """A Config from TOML text; ``source`` names it in errors."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(source, "-", f"not valid TOML: {err}") from err
+    doc = toml_doc(text, source)
     unknown = set(doc) - set(_SECTIONS)
     if unknown:
         raise ConfigError(source, sorted(unknown)[0],
@@ -179,18 +195,19 @@ def _section(source: str, section: str, table: dict[str, Any],
 
 # --- value checkers: return the value or raise ValueError/TypeError -------
 
-def _text(value: Any) -> str:
+def text_value(value: Any) -> str:
+    """A non-empty string, or TypeError saying what it got."""
     if not isinstance(value, str) or not value.strip():
         raise TypeError(f"expected a non-empty string, got {value!r}")
     return value
 
 
 def _path(value: Any) -> Path:
-    return Path(_text(value))
+    return Path(text_value(value))
 
 
 def _abs_path(value: Any) -> str:
-    if not _text(value).startswith("/"):
+    if not text_value(value).startswith("/"):
         raise ValueError(f"expected an absolute path, got {value!r}")
     return value
 
@@ -237,7 +254,7 @@ def _segment_size(value: Any) -> int:
 
 
 def _listen(value: Any) -> str:
-    m = _LISTEN.match(_text(value))
+    m = _LISTEN.match(text_value(value))
     if not m or not 0 < int(m.group(2)) < 65536:
         raise ValueError(f"expected host:port (IPv6 as [addr]:port), "
                          f"got {value!r}")
@@ -255,7 +272,7 @@ def _names(value: Any) -> tuple[str, ...]:
 
 
 _SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
-    "agent": (AgentConfig, {"host_id": _text, "state_dir": _path,
+    "agent": (AgentConfig, {"host_id": text_value, "state_dir": _path,
                             "interval": parse_duration}),
     "api": (ApiConfig, {"listen": _listen, "tokens_file": _path,
                         "consumers": _names, "tls_cert": _path,

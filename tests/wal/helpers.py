@@ -10,6 +10,7 @@ from typing import Any
 
 from vmagent.keys import HostKey
 from vmagent.wal import Wal
+from vmagent.wal import format as fmt
 from vmagent.wal.fileops import FileOps
 from vmagent.wal.scan import list_segments
 from vmagent.wal.verify import served_records, verify
@@ -49,6 +50,16 @@ def seqs(d: Path) -> list[int]:
 def verified(d: Path) -> bool:
     report = verify(d, KEY.public)
     return report.ok
+
+
+def frame_offsets(seg: Path) -> list[int]:
+    """Where each frame of a segment file starts."""
+    data = seg.read_bytes()
+    off, out = fmt.SEGMENT_HEADER_SIZE, []
+    while off < len(data):
+        out.append(off)
+        off += fmt.decode_frame(data, off).size
+    return out
 
 
 def segment_files(d: Path) -> list[Path]:

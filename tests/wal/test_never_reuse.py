@@ -17,7 +17,15 @@ import pytest
 
 from vmagent.wal import format as fmt
 from vmagent.wal.highwater import FILE_NAME
-from wal.helpers import crash, open_wal, records, sample, segment_files, verified
+from wal.helpers import (
+    crash,
+    frame_offsets,
+    open_wal,
+    records,
+    sample,
+    segment_files,
+    verified,
+)
 
 N_COMMITS = 8
 
@@ -33,15 +41,6 @@ def history_dir(d, close):
     else:  # killed: no clean stop, the mark as the page cache holds it
         crash(w)
     return {r["seq"]: r for r in records(d)}
-
-
-def frame_offsets(seg):
-    data = seg.read_bytes()
-    off, out = fmt.SEGMENT_HEADER_SIZE, []
-    while off < len(data):
-        out.append(off)
-        off += fmt.decode_frame(data, off).size
-    return out
 
 
 def reopen_and_write(d, boot_id):

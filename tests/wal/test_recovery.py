@@ -8,6 +8,7 @@ import shutil
 
 from vmagent.wal import format as fmt
 from wal.helpers import (
+    frame_offsets,
     FailingOps,
     flip_byte,
     open_wal,
@@ -35,15 +36,6 @@ def died_writing_the_last_commit(d):
     """The high-water mark as it was when the last commit's write began:
     what a process killed in the middle of that write leaves."""
     shutil.copy(d / "high_water.before_last", d / "high_water")
-
-
-def frame_offsets(seg):
-    data = seg.read_bytes()
-    off, out = fmt.SEGMENT_HEADER_SIZE, []
-    while off < len(data):
-        out.append(off)
-        off += fmt.decode_frame(data, off).size
-    return out
 
 
 def gaps(d):

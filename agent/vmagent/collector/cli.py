@@ -21,6 +21,7 @@ from typing import Any
 from vmagent import log
 from vmagent._version import __version__
 from vmagent.collector import config as config_mod
+from vmagent.cli import with_config
 from vmagent.collector.store import HostRow, SqliteStore, StoreError, open_store
 from vmagent.errors import ConfigError, StateError, VmagentError
 
@@ -52,10 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    sp.add_argument("-c", "--config", metavar="FILE",
-                    help=f"configuration file (default "
-                         f"{config_mod.DEFAULT_PATH} if it exists)")
-    return sp
+    return with_config(sp, config_mod.DEFAULT_PATH)
 
 
 def _hosts_command(sub: Any) -> None:

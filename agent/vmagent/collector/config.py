@@ -14,14 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vmagent.config import parse_duration
+from vmagent.config import load_file, parse_duration, text_value, toml_doc
 from vmagent.errors import ConfigError, StateError
 from vmagent.keys import load_public_key
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 DEFAULT_PATH = Path("/usr/local/etc/vmagent/collector.toml"
                     if sys.platform.startswith("freebsd")
@@ -57,27 +52,12 @@ class CollectorConfig:
 def load(path: Path | str | None = None) -> CollectorConfig:
     """The config at ``path``; without one, the default path if it exists,
     else built-in defaults.  Raises ConfigError naming file and key."""
-    if path is None:
-        if not DEFAULT_PATH.exists():
-            return CollectorConfig()
-        path = DEFAULT_PATH
-    path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except OSError as err:
-        raise ConfigError(str(path), None, f"cannot read: "
-                          f"{err.strerror or err}") from err
-    except UnicodeDecodeError as err:
-        raise ConfigError(str(path), "-", "not UTF-8 text") from err
-    return parse(text, str(path))
+    return load_file(path, DEFAULT_PATH, parse, CollectorConfig())
 
 
 def parse(text: str, source: str = "<string>") -> CollectorConfig:
     """A CollectorConfig from TOML text; ``source`` names it in errors."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(source, "-", f"not valid TOML: {err}") from err
+    doc = toml_doc(text, source)
     unknown = set(doc) - {"collector", "hosts"}
     if unknown:
         raise ConfigError(source, sorted(unknown)[0], "unknown section; "
@@ -104,7 +84,7 @@ def _collector(source: str, table: dict[str, Any]) -> dict[str, Any]:
         name = f"collector.{key}"
         try:
             if key == "state_dir":
-                out["state_dir"] = Path(_text(value))
+                out["state_dir"] = Path(text_value(value))
             elif key == "store":
                 out["store"] = _store(value)
             elif key == "pull_interval":
@@ -118,7 +98,7 @@ def _collector(source: str, table: dict[str, Any]) -> dict[str, Any]:
 
 
 def _store(value: Any) -> str:
-    text = _text(value)
+    text = text_value(value)
     if text.startswith(("postgresql://", "postgres://")):
         raise ValueError("PostgreSQL is not built yet (a later slice); use "
                          "store = \"sqlite\"")
@@ -151,21 +131,15 @@ def _host(source: str, i: int, table: Any) -> HostConfig:
     return HostConfig(**out)
 
 
-def _text(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise TypeError(f"expected a non-empty string, got {value!r}")
-    return value
-
-
 def _name(value: Any) -> str:
-    if not _NAME.match(_text(value)):
+    if not _NAME.match(text_value(value)):
         raise ValueError(f"expected letters, digits, '_', '.', '-', got "
                          f"{value!r}")
     return value
 
 
 def _url(value: Any) -> str:
-    if not _text(value).startswith(("http://", "https://")):
+    if not text_value(value).startswith(("http://", "https://")):
         raise ValueError(f"expected an http:// or https:// URL, got "
                          f"{value!r}")
     return value
@@ -173,12 +147,12 @@ def _url(value: Any) -> str:
 
 def pubkey(value: str) -> bytes:
     """A pinned key from 64 hex digits or a file holding it raw or hex."""
-    text = _text(value).strip()
+    text = text_value(value).strip()
     if re.fullmatch(r"[0-9a-fA-F]{64}", text):
         return bytes.fromhex(text)
     return load_public_key(Path(text))
 
 
 _HOST_FIELDS = {"name": _name, "url": _url, "consumer": _name,
-                "token_file": lambda v: Path(_text(v)), "pubkey": pubkey,
-                "cacert": lambda v: Path(_text(v))}
+                "token_file": lambda v: Path(text_value(v)), "pubkey": pubkey,
+                "cacert": lambda v: Path(text_value(v))}
