@@ -1,4 +1,5 @@
-"""The ``vmagent`` command: one function per sub-command (ARCHITECTURE §6).
+"""The ``vmagent`` command: one function per sub-command
+(docs/architecture.md, "Commands").
 
 Exit codes: 0 success, 1 failure (``status``: degraded), 2 usage error,
 3 not running (``status``), 78 bad configuration.
@@ -116,7 +117,8 @@ def _pull_command(sub: Any) -> None:
     pull.add_argument("--cert", metavar="F",
                       help="client certificate for mutual TLS (its CN is the "
                            "consumer)")
-    pull.add_argument("--key", metavar="F", help="the client certificate's key")
+    pull.add_argument("--key", metavar="F",
+                      help="the client certificate's key")
     pull.set_defaults(func=cmd_pull)
 
 
@@ -223,7 +225,7 @@ def format_status(doc: dict[str, Any]) -> str:
 
 def cmd_consumer_drop(args: argparse.Namespace) -> int:
     from vmagent.api.control import ask
-    from vmagent.daemon import load_dropped, save_dropped
+    from vmagent.tokens import load_dropped, save_dropped
 
     cfg = config_mod.load(args.config)
     try:

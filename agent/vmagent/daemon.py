@@ -11,7 +11,6 @@ ones if the new are invalid.
 from __future__ import annotations
 
 import collections
-import json
 import signal
 import threading
 import time
@@ -19,34 +18,30 @@ from pathlib import Path
 from typing import Any, Callable
 
 from vmagent import config as config_mod
+from vmagent import records as rec
 from vmagent import tokens as tokens_mod
 from vmagent._version import __version__
-from vmagent.errors import ConfigError, VmagentError
-from vmagent.fsutil import remove_stale_tmp, write_atomically
 from vmagent.acct.follower import AcctFollower
-from vmagent.acct.matching import acct_fields, candidates
-from vmagent.acct.report import HYPERVISORS
+from vmagent.acct.matching import AcctMatcher, acct_fields
+from vmagent.errors import ConfigError, VmagentError
 from vmagent.exits import exit_fields, exit_watcher
+from vmagent.fsutil import remove_stale_tmp
 from vmagent.health import assess
 from vmagent.identity import load_or_create_host_id
 from vmagent.keys import HostKey
+from vmagent.lifecycle import VMS_FILE, Lifecycle, load_vms, save_vms
 from vmagent.links import LinkWatcher
 from vmagent.log import get_logger
-from vmagent.probes import VM, Prober, VMRef, bhyve
+from vmagent.probes import VM, Prober, bhyve
 from vmagent.probes.types import config_of
 from vmagent.sdnotify import Notifier
 from vmagent.statefiles import StateFiles
 from vmagent.wal import Wal
 
-DROPPED_FILE = "dropped_consumers"
-VMS_FILE = "vms.json"
-ENDED_KEPT_S = 86400.0  # exited gens stay matchable by accounting a day
 LINK_WAIT_S = 0.5  # for a deleted tap's RTM_DELLINK after its VM exited
 INVENTORY_EVERY_S = 60.0
-EXIT_RECHECK_S = 0.05  # an exit reported before the kernel shows it:
-EXIT_RECHECKS = 20  # look again this often, this many times
+EXIT_RECHECK_S = 0.05  # an exit reported before the kernel shows it
 CLOCK_STEP_NS = 1_000_000_000  # wall clock moved 1 s more than monotonic
-SCHEMA = 1
 
 
 class Agent:
@@ -65,7 +60,7 @@ class Agent:
         self.state_files = StateFiles(host=self.host_id)
         self.key = HostKey.load_or_create(state)
         self.tokens, created = tokens_mod.load_or_create(cfg.tokens_file)
-        self.dropped = load_dropped(state)
+        self.dropped = tokens_mod.load_dropped(state)
         if created:
             self.log.warning("tokens_file_created", path=str(cfg.tokens_file),
                              consumer=tokens_mod.DEFAULT_CONSUMER)
@@ -93,16 +88,10 @@ class Agent:
         self.sweeps = 0
         self._clock_offset: int | None = None
         self._last_inventory = 0.0
-        self._known: dict[str, VM] = {}  # gen -> VM
-        self._last_sample: dict[str, dict[str, Any]] = {}  # gen -> sample
-        self._ended: dict[str, tuple[float, VM]] = {}  # exited: when, VM
-        self._previous = load_vms(state)  # running at the last stop
-        self._started_before = set(self._previous)  # their vm_start is out
+        self.vms = Lifecycle(load_vms(state))
         self.acct = AcctFollower(Path(cfg.probes.acct_file),
                                  state / "acct.position")
-        self.acct_counts = {"matched": 0, "unmatched": 0, "ambiguous": 0}
-        self._exited: dict[int, int | None] = {}  # pid -> wait status
-        self._rechecks: dict[int, int] = {}  # pid -> sweeps since its exit
+        self.matcher = AcctMatcher(self.log)
         self.exit_event = threading.Event()
         self.exits = exit_watcher(self._on_exit)
         self.links = LinkWatcher(cfg.probes.sysfs)
@@ -122,9 +111,10 @@ class Agent:
             raise VmagentError(f"no consumer {name!r}")
         with self.lock:
             try:
-                save_dropped(self.cfg.agent.state_dir, self.dropped | {name})
+                tokens_mod.save_dropped(self.cfg.agent.state_dir,
+                                        self.dropped | {name})
             except OSError as err:
-                raise VmagentError(f"cannot write {DROPPED_FILE}: "
+                raise VmagentError(f"cannot write {tokens_mod.DROPPED_FILE}: "
                                    f"{err.strerror}") from None
             self.dropped.add(name)
             self.wal.set_consumers(self._consumers())
@@ -138,13 +128,12 @@ class Agent:
         started = time.perf_counter()
         records: list[dict[str, Any]] = []
         if first:
-            records.append({"kind": "agent_start", "t": t,
-                            "version": __version__, "wal": self.wal.wal_id,
-                            "boot_id": self.boot_id, "schema": SCHEMA})
+            records.append(rec.agent_start(t, __version__, self.wal.wal_id,
+                                           self.boot_id))
         records += self._clock_step(t)
         records += self._sample(t)
         if last:
-            records.append({"kind": "agent_stop", "t": t})
+            records.append(rec.agent_stop(t))
         done: tuple[int, int] | None = None
         if records:  # no VMs and no heartbeat due: nothing to write
             with self.committed:
@@ -156,7 +145,7 @@ class Agent:
             self.state_files.save("acct.position", self.acct.save)
         self.state_files.flush()
         duration = time.perf_counter() - started
-        n = len(self._known)
+        n = len(self.vms.running)
         self.sweeps += 1
         self.last_sweep = {"t": t, "duration_s": duration, "vms": n,
                            "us_per_vm": duration * 1e6 / n if n else None,
@@ -168,18 +157,16 @@ class Agent:
         out: list[dict[str, Any]] = []
         new = self.prober.discover()
         for vm in new:
-            self._known[vm.ref.gen] = vm
             self.exits.watch(vm.pid)
-            if vm.ref.gen in self._started_before:  # running across a restart
-                self._started_before.discard(vm.ref.gen)
-                continue
-            out.append({"kind": "vm_start", "t": t, "vm": vm.ref.as_record()})
-        out += self._stopped_while_down(t)
+            if self.vms.found(vm):
+                out.append(rec.vm_start(t, vm.ref.as_record()))
+        out += [rec.vm_stop(t, vm.ref.as_record(), {"source": "restart"})
+                for vm in self.vms.stopped_while_down()]
         out += self._config_changes(t)
         sweep = self.prober.sample()
         for vm, sample in sweep.samples:
-            self._last_sample[vm.ref.gen] = sample
-            out.append({"kind": "sample", "t": t, **sample})
+            self.vms.sampled(vm, sample)
+            out.append(rec.sample(t, sample))
         for vm in sweep.gone:
             out.append(self._vm_stop(t, vm))
         for vm, reason in sweep.failed:
@@ -188,12 +175,12 @@ class Agent:
         if new or sweep.gone or \
                 time.monotonic() - self._last_inventory >= INVENTORY_EVERY_S:
             self._last_inventory = time.monotonic()
-            out.append({"kind": "inventory", "t": t, "vms": [
+            out.append(rec.inventory(t, [
                 {"uuid": v.ref.uuid, "gen": v.ref.gen, "name": v.ref.name}
-                for v in self._known.values()]})
+                for v in self.vms.running.values()]))
         if new or sweep.gone:
             self.state_files.save(VMS_FILE, lambda: save_vms(
-                self.cfg.agent.state_dir, list(self._known.values())))
+                self.cfg.agent.state_dir, list(self.vms.running.values())))
         return out
 
     def _config_changes(self, t: int) -> list[dict[str, Any]]:
@@ -201,34 +188,26 @@ class Agent:
         out = []
         for before, after in self.prober.changes():
             old, new = config_of(before), config_of(after)
-            self._known[after.ref.gen] = after
-            out.append({"kind": "vm_config", "t": t,
-                        "vm": after.ref.as_record(),
-                        "changed": {k: [old[k], new[k]] for k in old
-                                    if old[k] != new[k]}})
+            self.vms.changed(after)
+            out.append(rec.vm_config(t, after.ref.as_record(), {
+                k: [old[k], new[k]] for k in old if old[k] != new[k]}))
         return out
 
     def _vm_stop(self, t: int, vm: VM) -> dict[str, Any]:
         """``vm_stop`` with the last counters read (the process's /proc
         entries are gone by now: docs/records.md says what that means)."""
-        self._known.pop(vm.ref.gen, None)
-        self._ended[vm.ref.gen] = (time.monotonic(), vm)
-        noticed = vm.pid in self._exited
-        status = self._exited.pop(vm.pid, None)
-        self._rechecks.pop(vm.pid, None)
-        source = (self.exits.mechanism or "poll") if noticed else "poll"
-        last = self._last_sample.pop(vm.ref.gen, {})
-        rec: dict[str, Any] = {"kind": "vm_stop", "t": t,
-                               "vm": vm.ref.as_record(),
-                               "exit": {"source": source}}
-        if status is not None:  # kqueue tells it; a pidfd does not
-            rec["exit"].update(exit_fields(status))
-            if vm.ref.hypervisor == "bhyve" and "code" in rec["exit"]:
-                rec["exit"]["reason"] = bhyve.exit_reason(rec["exit"]["code"])
-        rec.update({k: v for k, v in last.items() if k != "vm"})
-        if "nics" in rec:  # the taps' own last counters, where there are
-            rec["nics"] = [self._final_nic(n, source) for n in rec["nics"]]
-        return rec
+        ended = self.vms.gone(vm)
+        source = (self.exits.mechanism or "poll") if ended.noticed \
+            else "poll"
+        exit: dict[str, Any] = {"source": source}
+        if ended.status is not None:  # kqueue tells it; a pidfd does not
+            exit.update(exit_fields(ended.status))
+            if vm.ref.hypervisor == "bhyve" and "code" in exit:
+                exit["reason"] = bhyve.exit_reason(exit["code"])
+        out = rec.vm_stop(t, vm.ref.as_record(), exit, ended.last)
+        if "nics" in out:  # the taps' own last counters, where there are
+            out["nics"] = [self._final_nic(n, source) for n in out["nics"]]
+        return out
 
     def _final_nic(self, nic: dict[str, Any], source: str) -> dict[str, Any]:
         # right after a pidfd exit the RTM_DELLINK may still be on its way
@@ -236,63 +215,22 @@ class Agent:
                                  LINK_WAIT_S if source != "poll" else 0)
         return {**nic, **final} if final else nic
 
-    def _stopped_while_down(self, t: int) -> list[dict[str, Any]]:
-        """VMs running when the agent last ran that are gone now."""
-        if not self._previous:
-            return []
-        out = []
-        running = set(self._known)
-        for gen, vm in self._previous.items():
-            if gen not in running:
-                self._ended[gen] = (time.monotonic(), vm)
-                out.append({"kind": "vm_stop", "t": t,
-                            "vm": vm.ref.as_record(),
-                            "exit": {"source": "restart"}})
-        self._previous = {}
-        return out
-
     def _acct_records(self, t: int) -> list[dict[str, Any]]:
         """``vm_acct`` for the accounting records that close a VM gen."""
-        self._forget_old_ends()
-        gens = list(self._known.values()) + [vm for _, vm in
-                                             self._ended.values()]
+        gens = self.vms.matchable()
         out = []
-        for rec in self.acct.poll():
-            found = candidates(rec, gens)
-            if len(found) == 1:
-                self.acct_counts["matched"] += 1
-                out.append({"kind": "vm_acct", "t": t,
-                            "vm": found[0].ref.as_record(),
-                            "acct": acct_fields(rec)})
-            elif HYPERVISORS.fullmatch(rec.command):
-                key = "ambiguous" if found else "unmatched"
-                self.acct_counts[key] += 1
-                self.log.warning("acct_" + key, command=rec.command,
-                                 pid=rec.pid, start_s=rec.start_s)
+        for record in self.acct.poll():
+            vm = self.matcher.closes(record, gens)
+            if vm is not None:
+                out.append(rec.vm_acct(t, vm.ref.as_record(),
+                                       acct_fields(record)))
         return out
-
-    def _forget_old_ends(self) -> None:
-        horizon = time.monotonic() - ENDED_KEPT_S
-        for gen in [g for g, (when, _) in self._ended.items()
-                    if when < horizon]:
-            del self._ended[gen]
 
     def _on_exit(self, pid: int, status: int | None) -> None:
         """From the exit watcher's thread: sweep now, not at the boundary."""
-        self._exited[pid] = status
+        self.vms.exit_reported(pid, status)
         self.exit_event.set()
         self.wake.set()
-
-    def _exit_pending(self) -> bool:
-        """An exit was reported for a VM the last sweep still saw running
-        (FreeBSD posts NOTE_EXIT before the process is a zombie): sweep
-        again shortly, EXIT_RECHECKS times at most."""
-        running = {vm.pid for vm in self._known.values()}
-        pending = [pid for pid in self._exited if pid in running and
-                   self._rechecks.get(pid, 0) < EXIT_RECHECKS]
-        for pid in pending:
-            self._rechecks[pid] = self._rechecks.get(pid, 0) + 1
-        return bool(pending)
 
     def _clock_step(self, t: int) -> list[dict[str, Any]]:
         """A ``clock_step`` record when the wall clock moved against the
@@ -303,8 +241,7 @@ class Agent:
         if prev is None or abs(offset - prev) < CLOCK_STEP_NS:
             return []
         self.log.warning("clock_step", step_ns=offset - prev)
-        return [{"kind": "clock_step", "t": t, "wall_ns": t, "mono_ns": mono,
-                 "step_ns": offset - prev}]
+        return [rec.clock_step(t, mono, offset - prev)]
 
     def error(self, event: str, message: str, **context: Any) -> None:
         self.log.error(event, message=message, **context)
@@ -360,7 +297,7 @@ class Agent:
         interval = self.cfg.agent.interval_s
         now = time.time()
         deadline = time.monotonic() + (now // interval + 1) * interval - now
-        if self._exit_pending():
+        if self.vms.exit_pending():
             deadline = min(deadline, time.monotonic() + EXIT_RECHECK_S)
         while not self.stop_requested.is_set():
             if self.reload_requested.is_set():
@@ -417,7 +354,7 @@ class Agent:
             "uptime_s": round(time.time() - self.started, 3),
             "interval_s": self.cfg.agent.interval_s,
             "sweeps": self.sweeps, "last_sweep": self.last_sweep,
-            "vms": len(self._known),
+            "vms": len(self.vms.running),
             "probes": {"kvm_debugfs": self._debugfs_readable(),
                        "link_events": self.links.available,
                        "acct": self.acct.path.exists(),
@@ -430,14 +367,15 @@ class Agent:
                      "readable": self.acct.path.exists(),
                      "format": self.acct.format,
                      "skipped_records": self.acct.skipped,
-                     **self.acct_counts},
+                     **self.matcher.counts},
         }
         doc["health"] = assess(doc)
         return doc
 
     def _debugfs_readable(self) -> bool:
-        # list() copies in one step: the sweep thread may change _known
-        return any(vm.kvm_stats for vm in list(self._known.values())) or \
+        # list() copies in one step: the sweep thread may change it
+        return any(vm.kvm_stats for vm in list(self.vms.running.values())) \
+            or \
             Path(self.cfg.probes.debugfs, "kvm").is_dir()
 
     def status_line(self) -> str:
@@ -445,36 +383,3 @@ class Agent:
         return (f"{s.get('vms', 0)} VMs, last sweep "
                 f"{s.get('duration_s', 0) * 1000:.1f} ms, WAL seq "
                 f"{self.wal.durable_seq}")
-
-
-def load_dropped(state_dir: Path) -> set[str]:
-    try:
-        text = (state_dir / DROPPED_FILE).read_text()
-    except FileNotFoundError:
-        return set()
-    return {line.strip() for line in text.splitlines() if line.strip()}
-
-
-def save_dropped(state_dir: Path, names: set[str]) -> None:
-    write_atomically(state_dir / DROPPED_FILE,
-                     "".join(f"{n}\n" for n in sorted(names)), mode=0o600)
-
-
-def save_vms(state_dir: Path, vms: Any) -> None:
-    """The running VM gens, so that a restart can tell which ended."""
-    doc = {vm.ref.gen: {"ref": vm.ref.as_record(), "pid": vm.pid,
-                        "start_ticks": vm.start_ticks,
-                        "start_ns": vm.start_ns, "comm": vm.comm,
-                        "uid": vm.uid} for vm in vms}
-    write_atomically(state_dir / VMS_FILE, json.dumps(doc), mode=0o600)
-
-
-def load_vms(state_dir: Path) -> dict[str, VM]:
-    try:
-        doc = json.loads((state_dir / VMS_FILE).read_text())
-        return {gen: VM(ref=VMRef(**d["ref"]), pid=d["pid"],
-                        start_ticks=d["start_ticks"], start_ns=d["start_ns"],
-                        comm=d["comm"], uid=d["uid"], vcpus=None,
-                        alloc_bytes=None) for gen, d in doc.items()}
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}

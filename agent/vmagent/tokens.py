@@ -1,4 +1,5 @@
-"""Consumers' bearer tokens: the tokens file (ARCHITECTURE §5).
+"""Consumers' bearer tokens: the tokens file (docs/protocol.md,
+"Transport and authentication").
 
 One ``consumer-name:token`` per line; blank lines and ``#`` comments are
 ignored.  Without a file the daemon creates one (mode 0600) holding a random
@@ -77,3 +78,21 @@ def load_or_create(path: Path) -> tuple[Tokens, bool]:
     token = secrets.token_urlsafe(32)
     write_atomically(path, f"{DEFAULT_CONSUMER}:{token}\n", mode=0o600)
     return Tokens({DEFAULT_CONSUMER: token}), True
+
+
+DROPPED_FILE = "dropped_consumers"
+
+
+def load_dropped(state_dir: Path) -> set[str]:
+    """Consumers dropped for good (``vmagent consumer drop``): they no
+    longer hold WAL data.  Delete a line of the file to undo."""
+    try:
+        text = (state_dir / DROPPED_FILE).read_text()
+    except FileNotFoundError:
+        return set()
+    return {line.strip() for line in text.splitlines() if line.strip()}
+
+
+def save_dropped(state_dir: Path, names: set[str]) -> None:
+    write_atomically(state_dir / DROPPED_FILE,
+                     "".join(f"{n}\n" for n in sorted(names)), mode=0o600)

@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 
 from unit.test_freebsd_prober import BOOT, kernel, proc  # noqa: F401 - fixture
-from vmagent import config, daemon
+from vmagent import config, daemon, lifecycle
 from vmagent.exits import NoWatcher
 from vmagent.probes import freebsd
 from vmagent.wal.verify import served_records
@@ -81,17 +81,17 @@ def test_an_exit_posted_before_the_process_is_a_zombie_is_swept_again(
     agent._on_exit(700, 2 << 8)  # NOTE_EXIT; the process still runs
     agent.sweep()
     assert records(agent, "vm_stop") == []
-    assert agent._exit_pending()  # so the next sweep comes at once
+    assert agent.vms.exit_pending()  # so the next sweep comes at once
     kernel.procs[700] = replace(proc(runtime=5e6), zombie=True)
     agent.sweep()
     [stop] = records(agent, "vm_stop")
     assert stop["exit"]["reason"] == "halt"
     assert stop["cpu"]["total_ns"] == 5 * 10**9
-    assert not agent._exit_pending()
+    assert not agent.vms.exit_pending()
 
 
 def test_rechecks_of_a_reported_exit_are_bounded(agent, kernel):  # noqa: F811
     agent.sweep(first=True)
     agent._on_exit(700, 0)  # reported, yet the VM goes on running
-    assert sum(agent._exit_pending() for _ in range(100)) == \
-        daemon.EXIT_RECHECKS
+    assert sum(agent.vms.exit_pending() for _ in range(100)) == \
+        lifecycle.EXIT_RECHECKS

@@ -5,8 +5,9 @@ name, start second and uid.  Only a single candidate is a match."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
-from vmagent.acct.records import AcctRecord
+from vmagent.acct.records import HYPERVISORS, AcctRecord
 from vmagent.probes.types import VM
 
 #: Linux writes ac_btime at exit as now - elapsed, in whole seconds
@@ -33,7 +34,7 @@ def match_kind(record: AcctRecord) -> str:
 
 
 def acct_fields(record: AcctRecord) -> dict[str, object]:
-    """The ``acct`` map of a ``vm_acct`` record (ARCHITECTURE §3)."""
+    """The ``acct`` map of a ``vm_acct`` record (docs/records.md)."""
     out: dict[str, object] = {
         "cpu_user_us": record.cpu_user_us,
         "cpu_system_us": record.cpu_system_us,
@@ -43,3 +44,24 @@ def acct_fields(record: AcctRecord) -> dict[str, object]:
     if record.exit is not None:
         out["exit"] = dict(record.exit)
     return out
+
+
+class AcctMatcher:
+    """Closes gens with accounting records (``match``'s rule) and counts
+    what matched, what matched no gen and what matched more than one."""
+
+    def __init__(self, log: Any) -> None:
+        self.log = log
+        self.counts = {"matched": 0, "unmatched": 0, "ambiguous": 0}
+
+    def closes(self, record: AcctRecord, gens: list[VM]) -> VM | None:
+        """The one gen ``record`` closes, or None."""
+        found = match(record, gens)
+        if found is not None:
+            self.counts["matched"] += 1
+        elif HYPERVISORS.fullmatch(record.command):
+            key = "ambiguous" if candidates(record, gens) else "unmatched"
+            self.counts[key] += 1
+            self.log.warning("acct_" + key, command=record.command,
+                             pid=record.pid, start_s=record.start_s)
+        return found

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,9 @@ from vmagent.errors import VmagentError
 from vmagent.exits import exit_fields
 from vmagent.probes._native import ffi, lib
 
+#: Command names (as truncated to 15 characters) of hypervisor processes.
+HYPERVISORS = re.compile(r"qemu-system-.*|qemu-kvm|bhyve|firecracker|"
+                         r"cloud-hyperviso.*")
 FORMATS = {"linux": lib.VMPROBE_ACCT_LINUX_V3,
            "freebsd-v3": lib.VMPROBE_ACCT_FREEBSD_V3,
            "freebsd-v2": lib.VMPROBE_ACCT_FREEBSD_V2}

@@ -7,18 +7,14 @@ import csv
 import io
 import json
 import pwd
-import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
-from vmagent.acct.records import AcctRecord
+from vmagent.acct.records import HYPERVISORS, AcctRecord
 from vmagent.errors import VmagentError
 
-#: Command names (as truncated to 15 characters) of hypervisor processes.
-HYPERVISORS = re.compile(r"qemu-system-.*|qemu-kvm|bhyve|firecracker|"
-                         r"cloud-hyperviso.*")
 FIELDS = ("command", "pid", "uid", "gid", "user", "start", "end",
           "elapsed_us", "cpu_user_us", "cpu_system_us", "mem_kb", "io_blocks",
           "flags", "exit", "format")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from vmagent import records as record_kinds
+
 Record = dict[str, Any]
 
 
@@ -49,10 +51,7 @@ class Coalescer:
         out = list(self.events)
         if self.inventory is not None:
             out.append(self.inventory)
-        coalesced: Record = {"kind": "coalesced", "t": now_ns, "host": host,
-                             "sweeps": self.sweeps,
-                             "samples": list(self.samples.values())}
-        if self.from_t is not None and self.to_t is not None:
-            coalesced["from_t"], coalesced["to_t"] = self.from_t, self.to_t
-        out.append(coalesced)
+        out.append(record_kinds.coalesced(now_ns, host, self.sweeps,
+                                          list(self.samples.values()),
+                                          self.from_t, self.to_t))
         return out

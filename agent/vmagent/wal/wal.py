@@ -20,6 +20,7 @@ from typing import Any
 
 import msgpack
 
+from vmagent import records as record_kinds
 from vmagent.keys import HostKey
 from vmagent.log import get_logger
 from vmagent.wal import format as fmt
@@ -226,9 +227,8 @@ class Wal:
                            error=err.strerror)
 
     def _gap(self, first: int, last: int, reason: str) -> None:
-        self.pending_gaps.append({"kind": "gap", "t": self.clock(),
-                                  "host": self.host, "from_seq": first,
-                                  "to_seq": last, "reason": reason})
+        self.pending_gaps.append(record_kinds.gap(self.clock(), self.host,
+                                                  first, last, reason))
         self.log.error("wal_gap", from_seq=first, to_seq=last, reason=reason)
 
     # --- writing ----------------------------------------------------------
