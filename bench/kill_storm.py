@@ -40,7 +40,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from integration.agent_process import AgentProcess  # noqa: E402
 from vmagent.collector import (  # noqa: E402
-    ChainState, PullError, VerifyError, unexplained, verify_batch)
+    ChainState,
+    PullError,
+    VerifyError,
+    unexplained,
+    verify_batch,
+)
 from vmagent.wal.scan import iter_records  # noqa: E402
 
 
@@ -380,7 +385,7 @@ class Storm:
             print(f"| stale tmp files removed at start | {dict(tmps)} |")
         if c:
             print(f"| successful pulls | {c.pulls} |")
-            print(f"| collector errors by kind | "
+            print("| collector errors by kind | "
                   + ", ".join(f"{k}: {v}" for k, v in c.errors.most_common())
                   + " |")
             print(f"| longest time without a successful pull | "

@@ -79,7 +79,8 @@ def measure(conn: libvirt.virConnect, n: int, rounds: int,
                 f.truncate(64 << 20)
             xml = DOMAIN.format(name=f"vmagent-bench-{i}", disk=disk,
                                 tap=f"vlb{i}")
-            domains.append(conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED))
+            domains.append(
+                conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED))
         conn.getAllDomainStats()  # warm up
         times = []
         for _ in range(rounds):

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +34,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 from integration.guests import Guest, delete_tap, make_tap, raw_image  # noqa: E402
 from vmagent.probes import VM, Prober  # noqa: E402
 from vmagent.probes._native import lib  # noqa: E402
-
 
 REPEATS = 5
 TEXT, SMALL = 8191, 127  # the native code's read sizes (native/linux/vm.c)
@@ -59,7 +59,7 @@ def floor_plan(prober: Prober, vms: list[VM]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def per_vm_us(fn, n_vms: int, rounds: int) -> float:
+def per_vm_us(fn: Callable[[], object], n_vms: int, rounds: int) -> float:
     times = []
     for _ in range(rounds):
         t0 = time.perf_counter()

@@ -20,6 +20,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from vmagent.keys import HostKey
@@ -59,7 +60,8 @@ def small_record(i: int, vm: int) -> dict:
             "tx": 900 * i, "rd": 4096 * i, "wr": 8192 * i, "mem": 2 << 20}
 
 
-def throughput(d: Path, per_commit: int, make, seconds: float = 3.0) -> float:
+def throughput(d: Path, per_commit: int, make: Callable[[int, int], dict],
+               seconds: float = 3.0) -> float:
     w = Wal(d, host="bench-host", key=KEY)
     batch = [make(1, v) for v in range(per_commit)]
     n = 0

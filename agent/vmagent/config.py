@@ -1,4 +1,4 @@
-"""Configuration: TOML -> frozen dataclasses (ARCHITECTURE §7).
+"""Configuration: TOML -> frozen dataclasses (docs/configuration.md).
 
 Every error names the file, the key and what was expected, in one line.
 """
@@ -162,10 +162,12 @@ def _check_tls(cfg: Config) -> None:
 
 
 def _check_listen(cfg: Config) -> None:
-    """Bearer tokens in clear text only on loopback (ARCHITECTURE §5)."""
+    """Bearer tokens in clear text only on loopback (docs/protocol.md,
+    "TLS and mutual TLS")."""
     host = cfg.api.listen.rpartition(":")[0].strip("[]")
     try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        loopback = (host == "localhost"
+                    or ipaddress.ip_address(host).is_loopback)
     except ValueError:
         loopback = False
     if not loopback and cfg.api.tls_cert is None:
@@ -213,7 +215,8 @@ def _abs_path(value: Any) -> str:
 
 
 def parse_duration(value: Any) -> float:
-    """Seconds from a number or a string like ``"10s"``, ``"500ms"``, ``"1m"``."""
+    """Seconds from a number or a string like ``"10s"``, ``"500ms"``,
+    ``"1m"``."""
     if isinstance(value, bool):
         raise TypeError(f"expected seconds or a duration like \"10s\", "
                         f"got {value!r}")
@@ -233,7 +236,8 @@ def parse_duration(value: Any) -> float:
 def parse_size(value: Any) -> int:
     """Bytes from an integer or a string like ``"1GiB"``, ``"500MB"``."""
     if isinstance(value, bool):
-        raise TypeError(f"expected bytes or a size like \"1GiB\", got {value!r}")
+        raise TypeError(f"expected bytes or a size like \"1GiB\", "
+                        f"got {value!r}")
     if isinstance(value, int):
         size = value
     elif isinstance(value, str) and (m := _SIZE.match(value)):

@@ -3,9 +3,9 @@
 Sweeps run every ``interval``, aligned to wall-clock boundaries, in the main
 thread; each is one WAL commit.  The pull API and the control socket share
 one event loop in one thread of their own and only ever take the WAL lock
-for short reads, so a slow collector never delays a sweep.  SIGTERM/SIGINT: a final sweep, made
-durable, then exit 0.  SIGHUP: reload the config and tokens, keeping the old
-ones if the new are invalid.
+for short reads, so a slow collector never delays a sweep.  SIGTERM/SIGINT:
+a final sweep, made durable, then exit 0.  SIGHUP: reload the config and
+tokens, keeping the old ones if the new are invalid.
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ class Agent:
                              rescan_s=cfg.probes.rescan_s)
         self.boot_id = self.prober.boot_id
         self.wal = Wal(state / "wal", host=self.host_id, key=self.key,
-                       consumers=self._consumers(), max_bytes=cfg.wal.max_bytes,
+                       consumers=self._consumers(),
+                       max_bytes=cfg.wal.max_bytes,
                        segment_bytes=cfg.wal.segment_bytes,
                        boot_id=self.boot_id)
         self.started = time.time()

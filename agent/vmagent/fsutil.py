@@ -41,7 +41,7 @@ def write_atomically(path: Path, data: bytes | str, mode: int = 0o644) -> None:
 def remove_stale_tmp(directory: Path) -> list[str]:
     """Unlink the ``.NAME.tmp`` files an interrupted write_atomically left;
     returns their names."""
-    removed = []
+    removed: list[str] = []
     try:
         names = [p for p in directory.iterdir()
                  if p.name.startswith(".") and p.name.endswith(".tmp")]

@@ -1,4 +1,4 @@
-"""Host id, boot id and derived VM UUIDs (ARCHITECTURE §2)."""
+"""Host id, boot id and derived VM UUIDs (docs/architecture.md, "Identity")."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ def load_or_create_host_id(state_dir: Path) -> str:
     except (FileNotFoundError, NotADirectoryError):
         text = ""
     except OSError as err:
-        raise StateError(f"cannot read host id {path}: {err.strerror}") from err
+        raise StateError(
+            f"cannot read host id {path}: {err.strerror}") from err
     if text:
         return text
     host_id = str(uuid.uuid4())
@@ -48,4 +49,5 @@ def read_boot_id(procfs: str = "/proc") -> str:
         with open(path) as f:
             return f.read().strip()
     except OSError as err:
-        raise StateError(f"cannot read boot id {path}: {err.strerror}") from err
+        raise StateError(
+            f"cannot read boot id {path}: {err.strerror}") from err

@@ -1,4 +1,4 @@
-"""The host's Ed25519 signing key (ARCHITECTURE §5).
+"""The host's Ed25519 signing key (docs/protocol.md, "Verifying a batch").
 
 ``<state_dir>/host.key`` holds the 32-byte private key (mode 0600) and
 ``<state_dir>/host.pub`` the 32-byte public key; both are generated on first
@@ -63,7 +63,8 @@ class HostKey:
             try:
                 state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
                 write_atomically(private_path,
-                                 key._private.private_bytes_raw(), mode=0o600)
+                                 key._private.private_bytes_raw(),  # noqa: SLF001
+                                 mode=0o600)
             except OSError as err:
                 raise StateError(f"cannot create {private_path}: "
                                  f"{err.strerror}") from err

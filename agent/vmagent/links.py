@@ -54,7 +54,7 @@ class LinkWatcher:
 
             self._ipr = IPRoute()
             self._ipr.bind()
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - pyroute2's own types
             self.log.warning("link_events_unavailable", error=str(err))
             self._ipr = None
             return

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from vmagent.api.tls import client_context
 from vmagent.collector import (
     ChainState,
     Client,
@@ -22,7 +23,6 @@ from vmagent.collector import (
     unexplained,
     verify_batch,
 )
-from vmagent.api.tls import client_context
 from vmagent.errors import StateError
 from vmagent.keys import load_public_key
 from vmagent.show import record_line

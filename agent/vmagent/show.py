@@ -11,7 +11,8 @@ def record_line(rec: dict[str, Any], as_json: bool) -> str:
     if as_json:
         return json.dumps(rec, default=_hex)
     rest = {k: v for k, v in rec.items() if k not in ("seq", "kind")}
-    return f"{rec.get('seq')} {rec.get('kind')} {json.dumps(rest, default=_hex)}"
+    text = json.dumps(rest, default=_hex)
+    return f"{rec.get('seq')} {rec.get('kind')} {text}"
 
 
 def _hex(value: object) -> str:

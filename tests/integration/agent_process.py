@@ -57,7 +57,8 @@ class AgentProcess:
         return (f'[probes]\nprocfs = "{host.proc}"\nsysfs = "{host.sys}"\n'
                 f'debugfs = "{host.debug}"\n')
 
-    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    def cli(self, *args: str,
+            timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "vmagent.cli", *args],
                               capture_output=True, text=True, timeout=timeout)
 

@@ -92,3 +92,25 @@ def agent(tmp_path):
     yield start
     for a in started:
         a.kill()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A throwaway PostgreSQL cluster for the session (integration/
+    postgres.py); skips naming the package when it is not installed."""
+    from integration.postgres import Cluster, skip_reason
+
+    why = skip_reason()
+    if why:
+        pytest.skip(why)
+    cluster = Cluster()
+    try:
+        yield cluster.init()
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def pg_url(pg_cluster) -> str:
+    """A new, empty database in the session's cluster: its URL."""
+    return pg_cluster.create_database()

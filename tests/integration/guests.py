@@ -96,10 +96,11 @@ class Guest:
         return args
 
     def mac(self, i: int) -> str:
-        return f"52:54:00:{zlib.crc32(self.name.encode()) & 0xff:02x}:00:{i:02x}"
+        tag = zlib.crc32(self.name.encode()) & 0xff
+        return f"52:54:00:{tag:02x}:00:{i:02x}"
 
     def start(self) -> Guest:
-        log = open(self.workdir / f"{self.name}.log", "wb")
+        log = open(self.workdir / f"{self.name}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL,
                                      stdout=log, stderr=log)
         log.close()

@@ -24,8 +24,6 @@ from vmagent.api.guard import PENDING_LIMIT
 from vmagent.collector import ChainState, verify_batch
 
 
-
-
 @pytest.fixture(scope="module")
 def hostile_agent(tmp_path_factory):
     a = AgentProcess(tmp_path_factory.mktemp("hostile"),
@@ -72,7 +70,8 @@ PATHS = st.one_of(st.sampled_from(["/v1/batches", "/v1/ack", "/v1/status",
 QUERIES = st.dictionaries(st.sampled_from(["consumer", "after", "max", "wait",
                                            "wal", "x"]),
                           st.one_of(st.sampled_from(["default", "-1", "0",
-                                                     "1e9", "nan", "99999999999"
+                                                     "1e9", "nan",
+                                                     "99999999999"
                                                      "99999999999", ""]),
                                     st.text(TOKEN_CHARS, max_size=20)),
                           max_size=5)

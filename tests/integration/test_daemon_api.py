@@ -6,16 +6,14 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import threading
 import sys
+import threading
 
 import msgpack
 import pytest
 
 from integration.conftest import wait_until
 from vmagent.collector import ChainState, PullError, verify_batch
-
-
 
 
 def pull_all(agent, consumer="default", after=0):

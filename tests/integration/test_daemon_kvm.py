@@ -3,6 +3,7 @@ VMs start and stop and the agent is SIGKILLed and restarted 5 times."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import threading
@@ -48,10 +49,8 @@ class Collector(threading.Thread):
         for rec in verify_batch(batch, self.state, self.agent.public_key()):
             self.store.setdefault(rec["seq"], rec)
         if self.state.wal and self.state.last_seq:
-            try:
+            with contextlib.suppress(OSError):
                 client.ack(self.state.wal, self.state.last_seq)
-            except OSError:
-                pass
 
 
 def names_seen(store: dict[int, dict]) -> set[str]:

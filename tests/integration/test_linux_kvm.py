@@ -1,5 +1,5 @@
 """The Linux probes against real KVM guests, compared with the kernel's own
-files read independently (ARCHITECTURE §8)."""
+files read independently (docs/architecture.md, "Tests")."""
 
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ def proc_stat(pid: int) -> list[str]:
 
 
 def schedstat(pid: int, tid: int) -> tuple[int, int]:
-    run, wait, _ = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()
+    path = Path(f"/proc/{pid}/task/{tid}/schedstat")
+    run, wait, _ = path.read_text().split()
     return int(run), int(wait)
 
 

@@ -1,4 +1,5 @@
-"""Builds the Linux test guest once and caches it (ARCHITECTURE §8).
+"""Builds the Linux test guest once and caches it (docs/architecture.md,
+"Tests").
 
 The kernel is the one Debian's ``linux-image-cloud-amd64`` depends on
 (``apt-get download``, ``dpkg-deb -x``); the initramfs holds static busybox,

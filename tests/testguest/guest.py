@@ -80,7 +80,8 @@ class LinuxTestGuest:
         """Wait for the next VMTEST line and check it is ``wanted``."""
         deadline = time.monotonic() + timeout
         try:
-            line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            line = self.lines.get(
+                timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
             raise GuestError(f"no {wanted!r} in {timeout}s; console: "
                              f"{self.console[-20:]}") from None

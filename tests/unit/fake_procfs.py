@@ -73,7 +73,8 @@ class FakeHost:
         (d / "schedstat").write_text(f"{run_ns} 0 1\n")
         (d / "cmdline").write_bytes(b"")
 
-    def tap(self, pid: int, fd: int, name: str, counters: dict[str, int]) -> None:
+    def tap(self, pid: int, fd: int, name: str,
+            counters: dict[str, int]) -> None:
         (self.proc / str(pid) / "fdinfo" / str(fd)).write_text(
             f"pos:\t0\nflags:\t0104002\niff:\t{name}\n")
         stats = self.sys / "class/net" / name / "statistics"

@@ -8,8 +8,14 @@ from typing import Any
 import pytest
 
 from vmagent.api.guard import FailureLimiter, PendingPool
-from vmagent.api.http import (ApiError, check_length, parse_body,
-                              parse_query, query_int, query_wait)
+from vmagent.api.http import (
+    ApiError,
+    check_length,
+    parse_body,
+    parse_query,
+    query_int,
+    query_wait,
+)
 from vmagent.api.server import Request
 
 
@@ -104,8 +110,8 @@ def test_an_ack_that_cannot_be_made_durable_is_a_503():
     def ack(_consumer: str, _seq: int) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    agent: Any = SimpleNamespace(lock=threading.Lock(),
-                                 wal=SimpleNamespace(wal_id=b"w" * 16, ack=ack))
+    agent: Any = SimpleNamespace(
+        lock=threading.Lock(), wal=SimpleNamespace(wal_id=b"w" * 16, ack=ack))
     api = PullApi(agent, commits=None)  # type: ignore[arg-type]
     with pytest.raises(ApiError) as e:
         api._ack_durably("default", b"w" * 16, 5)

@@ -58,11 +58,13 @@ def test_vms_json_lists_sample_shaped_objects_with_pid(tmp_path, capsys):
     host = FakeHost(tmp_path / "host")
     host.process(321, "qemu-system-x86",
                  ["qemu", "-name", "guest=db,debug-threads=on", "-m", "1G",
-                  "-smp", "1", "-uuid", "AAAAAAAA-0000-0000-0000-000000000001"],
+                  "-smp", "1",
+                  "-uuid", "AAAAAAAA-0000-0000-0000-000000000001"],
                  exe="/usr/bin/qemu-system-x86_64",
                  fds={4: "anon_inode:kvm-vm"}, utime=150, stime=50,
                  threads={321: "qemu", 322: "CPU 0/KVM"})
-    assert main(["vms", "--json", "-c", str(write_config(tmp_path, host))]) == 0
+    config = str(write_config(tmp_path, host))
+    assert main(["vms", "--json", "-c", config]) == 0
     [vm] = json.loads(capsys.readouterr().out)
     assert vm["pid"] == 321
     assert vm["vm"]["name"] == "db"

@@ -1,11 +1,10 @@
-"""Configuration: defaults, every key of ARCHITECTURE §7, and one-line
+"""Configuration: defaults, every key of docs/configuration.md, and one-line
 errors that name the file, the key and what was expected."""
 
 from pathlib import Path
 
-import tomllib
-
 import pytest
+import tomllib
 
 from vmagent import config
 from vmagent.errors import ConfigError

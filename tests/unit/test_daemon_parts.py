@@ -9,7 +9,12 @@ import pytest
 
 from vmagent import tokens
 from vmagent.api.metrics import render
-from vmagent.collector import ChainState, VerifyError, unexplained, verify_batch
+from vmagent.collector import (
+    ChainState,
+    VerifyError,
+    unexplained,
+    verify_batch,
+)
 from vmagent.errors import ConfigError
 from vmagent.health import assess
 from vmagent.keys import HostKey

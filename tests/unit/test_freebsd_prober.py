@@ -10,8 +10,15 @@ from dataclasses import replace
 
 import pytest
 
-from unit.test_bhyve_decoders import CONFXML, devstat, devstat_pages, \
-    if_data, kinfo_file, stats13, stats14
+from unit.test_bhyve_decoders import (
+    CONFXML,
+    devstat,
+    devstat_pages,
+    if_data,
+    kinfo_file,
+    stats13,
+    stats14,
+)
 from vmagent.identity import derived_vm_uuid
 from vmagent.probes import bhyve, freebsd
 from vmagent.probes.freebsd_kernel import Proc, Thread

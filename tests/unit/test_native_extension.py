@@ -58,7 +58,8 @@ def test_u64_parser(text, value):
     assert out[0] == value
 
 
-@pytest.mark.parametrize("text", [b"", b"\n", b"-1", b"12a", b"18446744073709551616"])
+@pytest.mark.parametrize("text", [b"", b"\n", b"-1", b"12a",
+                                  b"18446744073709551616"])
 def test_u64_parser_refuses_garbage(text):
     assert lib.vmprobe_parse_u64(text, len(text), ffi.new("uint64_t *")) == -1
 

@@ -44,7 +44,8 @@ def test_plain_processes_and_kernel_threads_are_not_vms(host):
 
 def test_vhost_kernel_threads_outside_the_process_are_vhost_ns(host):
     host.process(200, "qemu-system-x86", ["qemu", "-name", "v", "-smp", "1"],
-                 exe=QEMU, fds=KVM_FDS, threads={200: "qemu", 201: "CPU 0/KVM"})
+                 exe=QEMU, fds=KVM_FDS,
+                 threads={200: "qemu", 201: "CPU 0/KVM"})
     host.kthread(300, "vhost-200", 111_000)
     host.kthread(301, "vhost-200", 222_000)
     host.kthread(302, "vhost-999", 1)  # another process's worker

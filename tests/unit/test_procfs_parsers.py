@@ -131,7 +131,8 @@ def test_schedstat_garbage_is_refused(bad):
         procfs.parse_schedstat(bad)
 
 
-TUN_FDINFO = "pos:\t100\nflags:\t0104002\nmnt_id:\t24\nino:\t105\niff:\tvmtt0\n"
+TUN_FDINFO = ("pos:\t100\nflags:\t0104002\nmnt_id:\t24\nino:\t105\n"
+              "iff:\tvmtt0\n")
 DISK_FDINFO = ("pos:\t0\nflags:\t02140002\nmnt_id:\t27\nino:\t2146581\n"
                "lock:\t1: OFDLCK ADVISORY  READ -1 fe:00:2146581 100 101\n")
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from vmagent.probes import argv as A
+from vmagent.probes import argv as A  # noqa: N812
 
 LIBVIRT_ARGV = [
     "/usr/bin/qemu-system-x86_64",
@@ -11,10 +11,12 @@ LIBVIRT_ARGV = [
     "-machine", "pc-q35-7.2,usb=off,dump-guest-core=off,memory-backend=pc.ram",
     "-accel", "kvm",
     "-m", "size=2097152k",
-    "-object", '{"qom-type":"memory-backend-ram","id":"pc.ram","size":2147483648}',
+    "-object", '{"qom-type":"memory-backend-ram","id":"pc.ram",'
+               '"size":2147483648}',
     "-smp", "4,sockets=4,cores=1,threads=1",
     "-uuid", "8E0B6B1C-3A5D-4F7E-9C2B-1D2E3F4A5B6C",
-    "-netdev", '{"type":"tap","fd":"34","vhost":true,"vhostfd":"36","id":"hostnet0"}',
+    "-netdev", '{"type":"tap","fd":"34","vhost":true,"vhostfd":"36",'
+               '"id":"hostnet0"}',
     "-device", '{"driver":"virtio-net-pci","netdev":"hostnet0","id":"net0",'
                '"mac":"52:54:00:AB:CD:EF","bus":"pci.1","addr":"0x0"}',
     "-netdev", "tap,fds=40:41,id=hostnet1,vhost=on",
@@ -106,7 +108,8 @@ def test_tap_macs_by_ifname_from_netdev_and_device():
 
 
 def test_nic_shorthand():
-    q = A.parse_qemu_argv(["qemu", "-nic", "tap,ifname=t1,mac=02:00:00:00:00:01"])
+    q = A.parse_qemu_argv(["qemu", "-nic",
+                           "tap,ifname=t1,mac=02:00:00:00:00:01"])
     assert q.tap_macs == {"t1": "02:00:00:00:00:01"}
 
 

@@ -14,7 +14,14 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from vmagent.wal import format as fmt
 from vmagent.wal.scan import iter_records
-from wal.helpers import FailingOps, crash, flip_byte, open_wal, sample, verified
+from wal.helpers import (
+    FailingOps,
+    crash,
+    flip_byte,
+    open_wal,
+    sample,
+    verified,
+)
 
 
 class WalMachine(RuleBasedStateMachine):

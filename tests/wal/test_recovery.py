@@ -8,9 +8,9 @@ import shutil
 
 from vmagent.wal import format as fmt
 from wal.helpers import (
-    frame_offsets,
     FailingOps,
     flip_byte,
+    frame_offsets,
     open_wal,
     records,
     sample,

@@ -13,8 +13,15 @@ from typing import Any, Coroutine
 import h11
 
 from vmagent.api import tls
-from vmagent.api.server import (MAX_BODY, MAX_HEADERS, STOPPING,
-                                WRITE_TIMEOUT_S, HttpServer, Reply, Request)
+from vmagent.api.server import (
+    MAX_BODY,
+    MAX_HEADERS,
+    STOPPING,
+    WRITE_TIMEOUT_S,
+    HttpServer,
+    Reply,
+    Request,
+)
 
 LINGER_S, LINGER_BYTES = 2.0, 256 << 10  # unread request data after a reply
 PIECE = 256 << 10  # a reply body is written (and encrypted) this much at once
@@ -166,7 +173,7 @@ class Connection(asyncio.Protocol):
     def _admit(self, request: Request, head_bytes: int) -> Reply | None:
         try:
             reply = self.server.app.admit(request)
-        except Exception as err:  # a bug: one line, a 500, and go on
+        except Exception as err:  # noqa: BLE001 - a bug: a 500, go on
             reply = self._internal_error(request, err)
         if head_bytes > MAX_HEADERS:
             reply = Reply.error(431, f"request line and headers over "
@@ -209,7 +216,7 @@ class Connection(asyncio.Protocol):
             reply = await self.server.app.handle(request)
         except asyncio.CancelledError:
             raise
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - a bug: a 500
             reply = self._internal_error(request, err)
         await self._send(reply)
 

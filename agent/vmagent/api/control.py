@@ -79,7 +79,7 @@ class ControlServer:
     async def _answer(self, line: bytes) -> dict[str, Any]:
         try:
             return await asyncio.to_thread(self._command, line)
-        except Exception as err:  # a bug: say so, in one line each side
+        except Exception as err:  # noqa: BLE001 - a bug: one line each side
             self.agent.log.error("control_command_failed",
                                  error=f"{type(err).__name__}: {err}"[:300])
             return {"error": f"internal error: {err}"[:300]}
@@ -103,7 +103,8 @@ def query_status(state_dir: Path, timeout: float = 10.0) -> dict[str, Any]:
     return ask(state_dir, "status", timeout)
 
 
-def ask(state_dir: Path, command: str, timeout: float = 10.0) -> dict[str, Any]:
+def ask(state_dir: Path, command: str,
+        timeout: float = 10.0) -> dict[str, Any]:
     """Send one command line to the running agent; OSError if none answers."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)

@@ -1,4 +1,4 @@
-"""The pull API's endpoints (ARCHITECTURE §5, docs/protocol.md).
+"""The pull API's endpoints (docs/protocol.md).
 
 ``GET /v1/batches``, ``POST /v1/ack``, ``GET /v1/status``, ``GET /metrics``;
 every endpoint needs ``Authorization: Bearer <token>`` (or, under mutual

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 import sys
 
-from vmagent.probes.types import VM, Disk, Nic, Sample, Sweep, VcpuThread, VMRef
+from vmagent.probes.types import (
+    VM,
+    Disk,
+    Nic,
+    Sample,
+    Sweep,
+    VcpuThread,
+    VMRef,
+)
 
 if sys.platform.startswith("linux"):
     from vmagent.probes import linux as _platform

@@ -2,8 +2,9 @@
 
 QEMU options are QemuOpts strings (``key=value,...``, a literal comma written
 ``,,``, the first item possibly a value of the option's implied key) or, as
-libvirt passes them since 7.x, JSON objects.  Sources: qemu/qemu:qemu-options.hx,
-util/qemu-option.c, system/vl.c; libvirt/libvirt:src/qemu/qemu_command.c.
+libvirt passes them since 7.x, JSON objects.  Sources:
+qemu/qemu:qemu-options.hx, util/qemu-option.c, system/vl.c;
+libvirt/libvirt:src/qemu/qemu_command.c.
 """
 
 from __future__ import annotations

@@ -22,13 +22,13 @@ from vmagent.probes import procfs
 from vmagent.probes._native import ffi, lib
 from vmagent.probes.types import (
     VM,
-    config_of,
     Disk,
     Nic,
     Sample,
     Sweep,
     VcpuThread,
     VMRef,
+    config_of,
 )
 
 NS_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
@@ -150,7 +150,7 @@ class Prober:
                     sweep.gone.append(m.vm)
                     continue
                 sweep.samples.append((m.vm, self._record(m)))
-            except Exception as err:  # one VM never stops a sweep
+            except Exception as err:  # noqa: BLE001 - one VM never stops a sweep
                 sweep.failed.append((m.vm, f"{type(err).__name__}: {err}"))
         return sweep
 
@@ -390,7 +390,7 @@ class Prober:
         self._seen.discard(pid)  # a new process with this pid gets examined
 
     def _record(self, m: _Metered) -> Sample:
-        """The reading as a ``sample`` record body (ARCHITECTURE §3)."""
+        """The reading as a ``sample`` record body (docs/records.md)."""
         vm, r = m.vm, m.reading
         st = r.stat
         cpu: dict[str, Any] = {

@@ -8,6 +8,7 @@ code as the sampler.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from vmagent.probes._native import ffi, lib
 
@@ -28,7 +29,7 @@ class Stat:
     guest_time: int | None
 
 
-def _parse(fn, text: bytes | str, ctype: str):  # type: ignore[no-untyped-def]
+def _parse(fn: Any, text: bytes | str, ctype: str) -> Any:
     data = text.encode() if isinstance(text, str) else text
     out = ffi.new(ctype)
     if fn(data, len(data), out) != 0:
@@ -116,6 +117,7 @@ def split_cmdline(raw: bytes) -> list[str]:
 
 
 def display_text(s: str) -> str:
-    """Text for records: invalid bytes written as ``\\xNN`` (ARCHITECTURE §3)."""
+    """Text for records: invalid bytes written as ``\\xNN``
+    (docs/architecture.md, "Records")."""
     return s.encode("utf-8", "surrogateescape").decode(
         "utf-8", "backslashreplace")

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-#: A record-shaped dict (ARCHITECTURE §3): ``vm``, ``cpu``, ``mem``, ``nics``,
-#: ``io``, ``disks`` and, where readable, ``kvm``.  Quantities are ints.
+#: A record-shaped dict (docs/records.md): ``vm``, ``cpu``, ``mem``,
+#: ``nics``, ``io``, ``disks`` and, where readable, ``kvm``.  Quantities are
+#: ints.
 Sample = dict[str, Any]
 
 
@@ -72,7 +73,8 @@ class VM:
     nics: tuple[Nic, ...] = ()
     disks: tuple[Disk, ...] = ()
     vcpu_threads: tuple[VcpuThread, ...] = ()
-    vhost_pids: tuple[int, ...] = ()  # vhost kernel threads outside the process
+    # vhost kernel threads outside the process
+    vhost_pids: tuple[int, ...] = ()
     kvm_stats: tuple[tuple[str, str], ...] = ()  # (name, debugfs path)
     complete: bool = True  # False: vCPU threads still missing, look again
 

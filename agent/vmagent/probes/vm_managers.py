@@ -22,7 +22,8 @@ import subprocess
 from vmagent.probes.argv import canonical_uuid
 
 RC_CONF = ("etc/rc.conf", "etc/rc.conf.local")  # the later one wins
-_RC_LINE = re.compile(r"""\s*([A-Za-z_][A-Za-z0-9_]*)=(?:"([^"]*)"|'([^']*)'|(\S*))\s*(?:#.*)?""")
+_RC_LINE = re.compile(r"""\s*([A-Za-z_][A-Za-z0-9_]*)="""
+                      r"""(?:"([^"]*)"|'([^']*)'|(\S*))\s*(?:#.*)?""")
 
 
 def parse_rc_conf(text: str) -> dict[str, str]:
@@ -49,7 +50,8 @@ def rc_conf(root: str = "/") -> dict[str, str]:
 
 
 def vm_bhyve_uuid(conf: str) -> str | None:
-    """``uuid="..."`` of a vm-bhyve guest config (<vm_dir>/<name>/<name>.conf)."""
+    """``uuid="..."`` of a vm-bhyve guest config
+    (<vm_dir>/<name>/<name>.conf)."""
     values = parse_rc_conf(conf)  # the same shell-assignment syntax
     return canonical_uuid(values["uuid"]) if "uuid" in values else None
 

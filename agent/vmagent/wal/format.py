@@ -1,7 +1,8 @@
 """The WAL's on-disk format: segment headers and frames (docs/wal.md).
 
 A segment is an 80-byte header (magic, WAL id, first seq, creation time, the
-hash of the last frame before it, crc32) followed by frames.  A frame is one commit:
+hash of the last frame before it, crc32) followed by frames.  A frame is one
+commit:
 
     header  32 B  magic "VMWF", records length N (u32), first_seq, last_seq
                   (u64 each), flags (u32), crc32 of the 28 bytes before it
@@ -11,8 +12,9 @@ hash of the last frame before it, crc32) followed by frames.  A frame is one com
 
 All integers are big-endian.  The header CRC protects the length and seqs on
 their own, so a damaged length is never trusted; the frame CRC protects the
-rest.  ``hash = SHA-256(prev_hash || records)`` and ``sig`` are ARCHITECTURE
-§5's, so frames are served exactly as stored.
+rest.  ``hash = SHA-256(prev_hash || records)`` and ``sig`` are the pull
+API's (docs/protocol.md, "Verifying a batch"), so frames are served
+exactly as stored.
 """
 
 from __future__ import annotations
@@ -106,7 +108,8 @@ def chain_hash(prev_hash: bytes, records: bytes) -> bytes:
 
 def signed_bytes(host: str, wal_id: bytes, first_seq: int, last_seq: int,
                  frame_hash: bytes) -> bytes:
-    """The exact bytes the host key signs (ARCHITECTURE §5)."""
+    """The exact bytes the host key signs (docs/protocol.md, "Verifying a
+    batch")."""
     return (SIG_CONTEXT + host.encode() + b"\0" + wal_id
             + struct.pack(">QQ", first_seq, last_seq) + frame_hash)
 
