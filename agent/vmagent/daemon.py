@@ -36,7 +36,8 @@ from vmagent.probes import VM, Prober, bhyve
 from vmagent.probes.types import config_of
 from vmagent.sdnotify import Notifier
 from vmagent.statefiles import StateFiles
-from vmagent.wal import Wal
+from vmagent.wal import CursorError, Wal, WalConflict
+from vmagent.wal.format import Frame
 
 LINK_WAIT_S = 0.5  # for a deleted tap's RTM_DELLINK after its VM exited
 INVENTORY_EVERY_S = 60.0
@@ -96,6 +97,26 @@ class Agent:
         self.exit_event = threading.Event()
         self.exits = exit_watcher(self._on_exit)
         self.links = LinkWatcher(cfg.probes.sysfs)
+
+    # --- what the servers use (api/source.py) ------------------------------
+
+    def consumer_of(self, token: str) -> str | None:
+        return self.tokens.consumer_of(token)
+
+    def read_batch(self, consumer: str, after: int | None,
+                   wal_hex: str | None, max_records: int,
+                   max_bytes: int) -> tuple[bytes, int, list[Frame]]:
+        with self.lock:
+            after, frames = self.wal.read(consumer, after, wal_hex,
+                                          max_records, max_bytes)
+            return self.wal.wal_id, after, frames
+
+    def ack(self, consumer: str, wal_id: bytes, seq: int) -> int:
+        with self.lock:
+            try:
+                return self.wal.ack(consumer, seq, wal_id)
+            except CursorError as err:  # unknown consumer, seq too high
+                raise WalConflict(str(err), self.wal.wal_id.hex()) from None
 
     def consumers(self) -> list[str]:
         """Everyone who may pull: token holders and ``[api] consumers``."""

@@ -3,6 +3,7 @@ budget, and the parsing of what a client sends."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from vmagent.api.http import (
     query_wait,
 )
 from vmagent.api.server import Request
+from vmagent.wal import NotKept, WalConflict
 
 
 def test_a_full_pending_pool_gives_up_its_oldest():
@@ -100,21 +102,47 @@ def test_body_length_is_required_and_capped():
         assert e.value.reply.status == status
 
 
+class FakeSource:
+    """The narrow interface the API is written against (api/source.py)."""
+
+    host_id = "h1"
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def ack(self, consumer: str, wal_id: bytes, seq: int) -> int:
+        raise self.error
+
+    def read_batch(self, consumer: str, after: int | None,
+                   wal_hex: str | None, max_records: int,
+                   max_bytes: int) -> Any:
+        raise self.error
+
+
 def test_an_ack_that_cannot_be_made_durable_is_a_503():
     import errno
-    import threading
-    from types import SimpleNamespace
 
     from vmagent.api.http import PullApi
 
-    def ack(_consumer: str, _seq: int) -> int:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    agent: Any = SimpleNamespace(
-        lock=threading.Lock(), wal=SimpleNamespace(wal_id=b"w" * 16, ack=ack))
-    api = PullApi(agent, commits=None)  # type: ignore[arg-type]
+    source: Any = FakeSource(OSError(errno.ENOSPC, "No space left on device"))
+    api = PullApi(source, commits=None)  # type: ignore[arg-type]
     with pytest.raises(ApiError) as e:
         api._ack_durably("default", b"w" * 16, 5)
     assert e.value.reply.status == 503
     assert e.value.reply.body == (b'{"error": "cannot make the ack durable: '
                                   b'No space left on device"}')
+
+
+@pytest.mark.parametrize(("error", "status", "fields"), [
+    (WalConflict("not the current WAL", "ab" * 16), 409, {"wal": "ab" * 16}),
+    (NotKept(1, 4), 410, {"missing_from": 1, "missing_to": 4}),
+])
+def test_the_wals_refusals_become_409_and_410_with_their_fields(
+        error, status, fields):
+    from vmagent.api.http import PullApi
+
+    api = PullApi(FakeSource(error), commits=None)  # type: ignore[arg-type]
+    with pytest.raises(ApiError) as e:
+        api._read("default", {}, 0, 10)
+    assert e.value.reply.status == status
+    assert json.loads(e.value.reply.body).items() >= fields.items()

@@ -11,12 +11,10 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from vmagent.api.source import EvidenceSource
 from vmagent.errors import VmagentError
-
-if TYPE_CHECKING:
-    from vmagent.daemon import Agent
 
 SOCKET_NAME = "control.sock"
 MAX_LINE = 256
@@ -45,7 +43,7 @@ def bind(state_dir: Path) -> socket.socket:
 
 
 class ControlServer:
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: EvidenceSource) -> None:
         self.agent = agent
         self.path = agent.cfg.agent.state_dir / SOCKET_NAME
         self._server: asyncio.AbstractServer | None = None

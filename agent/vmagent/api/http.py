@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qs, urlsplit
 
 import msgpack
@@ -21,11 +21,9 @@ import msgpack
 from vmagent.api.commits import Commits
 from vmagent.api.metrics import render
 from vmagent.api.server import MAX_BODY, Reply, Request
+from vmagent.api.source import EvidenceSource
 from vmagent.errors import VmagentError
-from vmagent.wal import CursorError
-
-if TYPE_CHECKING:
-    from vmagent.daemon import Agent
+from vmagent.wal import NotKept, WalConflict
 
 MAX_RECORDS, DEFAULT_RECORDS = 10_000, 1000
 MAX_WAIT_S = 60.0
@@ -47,7 +45,7 @@ class ApiError(VmagentError):
 
 
 class PullApi:
-    def __init__(self, agent: Agent, commits: Commits) -> None:
+    def __init__(self, agent: EvidenceSource, commits: Commits) -> None:
         self.agent, self.commits = agent, commits
         self._handlers: dict[str, Callable[[Request], Awaitable[Reply]]] = {
             "/v1/batches": self._batches, "/v1/ack": self._ack,
@@ -101,7 +99,7 @@ class PullApi:
         if scheme.lower() != "bearer" or not token.strip():
             return None, ApiError(401, "a bearer token is required "
                                   "(Authorization: Bearer <token>)")
-        consumer = self.agent.tokens.consumer_of(token.strip())
+        consumer = self.agent.consumer_of(token.strip())
         if consumer is None:
             return None, ApiError(401, "unknown token")
         return consumer, None
@@ -139,27 +137,18 @@ class PullApi:
     def _read(self, consumer: str, q: dict[str, str], after: int | None,
               limit: int) -> tuple[int, int, bytes]:
         """In a worker thread: (after, frames, the packed batch)."""
-        agent, wal = self.agent, self.agent.wal
-        with agent.lock:
-            current = wal.wal_id.hex()
-            if "wal" in q and q["wal"].lower() != current:
-                raise ApiError(409, "not the current WAL", wal=current)
-            if after is None:
-                after = query_int(q, "after", None, 0, 2**63)
-            if after is None:
-                after = wal.cursors.acked.get(consumer, 0)
-            if after > wal.next_seq - 1:
-                raise ApiError(409, f"after {after} is beyond the last seq "
-                               f"{wal.next_seq - 1}", wal=current)
-            if after + 1 < wal.first_seq:
-                raise ApiError(410, "those seqs are no longer kept",
-                               missing_from=after + 1,
-                               missing_to=wal.first_seq - 1)
-            frames = wal.frames(after, max_records=limit,
-                                max_bytes=MAX_BATCH_BYTES)
-            wal_id = wal.wal_id
+        if after is None:
+            after = query_int(q, "after", None, 0, 2**63)
+        try:
+            wal_id, after, frames = self.agent.read_batch(
+                consumer, after, q.get("wal"), limit, MAX_BATCH_BYTES)
+        except WalConflict as err:
+            raise ApiError(409, str(err), wal=err.wal) from None
+        except NotKept as err:
+            raise ApiError(410, str(err), missing_from=err.missing_from,
+                           missing_to=err.missing_to) from None
         return after, len(frames), msgpack.packb({
-            "v": 1, "host": agent.host_id, "wal": wal_id,
+            "v": 1, "host": self.agent.host_id, "wal": wal_id,
             "first_seq": frames[0].first_seq if frames else None,
             "last_seq": frames[-1].last_seq if frames else None,
             "frames": [{"records": f.records, "first_seq": f.first_seq,
@@ -190,17 +179,13 @@ class PullApi:
 
     def _ack_durably(self, consumer: str, wal_id: bytes, seq: int) -> int:
         """In a worker thread: the consumer's cursor, on disk."""
-        with self.agent.lock:
-            current = self.agent.wal.wal_id
-            if wal_id != current:
-                raise ApiError(409, "not the current WAL", wal=current.hex())
-            try:
-                return self.agent.wal.ack(consumer, seq)
-            except CursorError as err:
-                raise ApiError(409, str(err), wal=current.hex()) from None
-            except OSError as err:
-                raise ApiError(503, f"cannot make the ack durable: "
-                               f"{err.strerror or err}") from None
+        try:
+            return self.agent.ack(consumer, wal_id, seq)
+        except WalConflict as err:
+            raise ApiError(409, str(err), wal=err.wal) from None
+        except OSError as err:
+            raise ApiError(503, f"cannot make the ack durable: "
+                           f"{err.strerror or err}") from None
 
     # --- GET /v1/status, GET /metrics -------------------------------------
 

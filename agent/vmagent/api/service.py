@@ -13,16 +13,14 @@ import traceback
 from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Coroutine
+from typing import Any, Coroutine
 
 from vmagent.api import control, server, tls
 from vmagent.api.commits import Commits
 from vmagent.api.control import ControlServer
 from vmagent.api.http import PullApi
 from vmagent.api.server import HttpServer
-
-if TYPE_CHECKING:
-    from vmagent.daemon import Agent
+from vmagent.api.source import EvidenceSource
 
 WORKERS = 4  # threads for WAL reads, acks and status documents
 CALL_TIMEOUT_S = 30.0
@@ -30,7 +28,7 @@ JOIN_TIMEOUT_S = 10.0
 
 
 class ApiService:
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: EvidenceSource) -> None:
         server.raise_fd_limit()
         self.agent, self.log = agent, agent.log
         self.loop = asyncio.new_event_loop()

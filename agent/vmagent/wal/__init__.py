@@ -3,6 +3,7 @@
 from vmagent.wal.cursors import CursorError
 from vmagent.wal.fileops import FileOps
 from vmagent.wal.format import Frame
-from vmagent.wal.wal import Wal
+from vmagent.wal.wal import NotKept, ReadError, Wal, WalConflict
 
-__all__ = ["CursorError", "FileOps", "Frame", "Wal"]
+__all__ = ["CursorError", "FileOps", "Frame", "NotKept", "ReadError",
+           "Wal", "WalConflict"]

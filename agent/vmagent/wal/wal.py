@@ -21,6 +21,7 @@ from typing import Any
 import msgpack
 
 from vmagent import records as record_kinds
+from vmagent.errors import VmagentError
 from vmagent.keys import HostKey
 from vmagent.log import get_logger
 from vmagent.wal import format as fmt
@@ -35,6 +36,27 @@ SEGMENT_BYTES = 16 << 20
 QUARANTINE_BYTES = 64 << 20  # copies of damaged bytes kept, at most
 RESERVE_NAME = "reserve"  # freed at a stop on a full disk
 RESERVE_BYTES = 1 << 20  # at most; a quarter segment on small WALs
+
+
+class ReadError(VmagentError):
+    """A consumer's read or ack that the WAL cannot answer as asked."""
+
+
+class WalConflict(ReadError):
+    """Not this WAL, or beyond its end (a collector's idea of the WAL is
+    not this one): ``wal`` is the current id (hex)."""
+
+    def __init__(self, message: str, wal: str) -> None:
+        super().__init__(message)
+        self.wal = wal
+
+
+class NotKept(ReadError):
+    """Seqs below what is kept: ``missing_from``-``missing_to``."""
+
+    def __init__(self, missing_from: int, missing_to: int) -> None:
+        super().__init__("those seqs are no longer kept")
+        self.missing_from, self.missing_to = missing_from, missing_to
 
 
 @dataclass
@@ -380,9 +402,31 @@ class Wal:
 
     # --- acks and deletion ------------------------------------------------
 
-    def ack(self, consumer: str, seq: int) -> int:
+    def read(self, consumer: str, after: int | None, wal_hex: str | None,
+             max_records: int, max_bytes: int) -> tuple[int, list[fmt.Frame]]:
+        """A consumer's read (docs/protocol.md): from ``after`` (default:
+        its ack), of this WAL (``wal_hex``, if given); WalConflict when
+        ``wal_hex`` is another WAL or ``after`` is beyond the last seq,
+        NotKept when ``after`` is below what is kept."""
+        current = self.wal_id.hex()
+        if wal_hex is not None and wal_hex.lower() != current:
+            raise WalConflict("not the current WAL", current)
+        if after is None:
+            after = self.cursors.acked.get(consumer, 0)
+        if after > self.next_seq - 1:
+            raise WalConflict(f"after {after} is beyond the last seq "
+                           f"{self.next_seq - 1}", current)
+        if after + 1 < self.first_seq:
+            raise NotKept(after + 1, self.first_seq - 1)
+        return after, self.frames(after, max_records, max_bytes)
+
+    def ack(self, consumer: str, seq: int,
+            wal_id: bytes | None = None) -> int:
         """Record that ``consumer`` holds everything up to ``seq`` durably;
-        returns its cursor (an older ack leaves it where it is)."""
+        returns its cursor (an older ack leaves it where it is).  With
+        ``wal_id``: WalConflict unless it is this WAL's."""
+        if wal_id is not None and wal_id != self.wal_id:
+            raise WalConflict("not the current WAL", self.wal_id.hex())
         if seq > self.durable_seq:
             raise CursorError(f"seq {seq} is beyond the last durable seq "
                               f"{self.durable_seq}")
