@@ -30,6 +30,7 @@ def real_guest_skip_reason() -> str | None:
 
 
 REAL_MARKERS = ("realguest", "needsroot")
+PG_MARKERS = ("postgresql",)  # tests on a throwaway cluster (pg_cluster)
 HEADER_MARKERS = ("freebsdheaders",)
 ZIG_REASON = None if importlib.util.find_spec("ziglang") else \
     "needs the zig toolchain for FreeBSD's headers (pip install ziglang)"
@@ -39,6 +40,8 @@ def pytest_collection_modifyitems(config, items):
     guest_reason = real_guest_skip_reason()
     root_reason = None if os.geteuid() == 0 else "needs root"
     for item in items:
+        if "pg_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgresql)
         if "realguest" in item.keywords and guest_reason:
             item.add_marker(pytest.mark.skip(reason=guest_reason))
         elif "needsroot" in item.keywords and root_reason:
@@ -96,15 +99,20 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG0
     """Say how many real-kernel tests (real guests, or root for mounts and
     namespaces) and FreeBSD-header builds ran, skipped (and why) and
     errored; with VMAGENT_REALGUEST_REPORT set, also write the counts there
-    for .ci/run: "ran skipped errored", real-kernel then FreeBSD-header."""
+    for .ci/run: "ran skipped errored", real-kernel, FreeBSD-header, then
+    PostgreSQL (tests on a throwaway cluster) on a third line."""
     real, real_reasons = _count(terminalreporter, REAL_MARKERS)
     headers, header_reasons = _count(terminalreporter, HEADER_MARKERS)
+    pg, pg_reasons = _count(terminalreporter, PG_MARKERS)
     terminalreporter.write_line(_line("real-kernel tests", real,
                                       real_reasons))
     terminalreporter.write_line(_line("FreeBSD-header builds", headers,
                                       header_reasons))
+    if any(pg.values()):
+        terminalreporter.write_line(_line("PostgreSQL tests", pg,
+                                          pg_reasons))
     out = os.environ.get("VMAGENT_REALGUEST_REPORT")
     if out:
         with open(out, "w") as f:
-            for c in (real, headers):
+            for c in (real, headers, pg):
                 f.write(f"{c['ran']} {c['skipped']} {c['errored']}\n")

@@ -15,19 +15,21 @@ import pytest
 
 from integration.conftest import wait_until
 from vmagent.collector import ChainState, verify_batch
-from vmagent.collector.store import SqliteStore
+from vmagent.collector.store import connect
 
 
 class CollectorProcess:
     """``vmcollector run`` in its own state dir, stopped after the test."""
 
     def __init__(self, workdir: Path, hosts: list[tuple[str, Any, bytes]],
-                 interval: str = "2s") -> None:
+                 interval: str = "2s", store: str = "sqlite",
+                 extra: str = "") -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir, self.state = workdir, workdir / "cstate"
         self.config = workdir / "collector.toml"
+        self.store = store
         text = (f'[collector]\nstate_dir = "{self.state}"\n'
-                f'store = "sqlite"\npull_interval = "{interval}"\n')
+                f'store = "{store}"\npull_interval = "{interval}"\n{extra}')
         for name, agent, key in hosts:
             token = workdir / f"{name}.token"
             token.write_text(agent.token() + "\n")
@@ -63,9 +65,9 @@ class CollectorProcess:
 
     def records(self, host: str) -> list[tuple[bytes, int, dict[str, Any]]]:
         db = self.state / "collector.db"
-        if not db.exists():
+        if self.store == "sqlite" and not db.exists():
             return []
-        store = SqliteStore(db)
+        store = connect(self.state, self.store)
         try:
             return store.records(host)
         except Exception:  # noqa: BLE001 - not migrated yet
@@ -197,7 +199,7 @@ def test_status_without_a_store_exits_3(tmp_path):
 def test_config_errors_name_file_and_key_exit_78(tmp_path):
     cfg = tmp_path / "c.toml"
     for text, key in (
-            ('[collector]\nstore = "postgresql://u@db/x"\n',
+            ('[collector]\nstore = "postgresql://u@db"\n',
              "collector.store"),
             ('[collector]\npull_interval = "soon"\n',
              "collector.pull_interval"),
@@ -216,4 +218,31 @@ def test_config_errors_name_file_and_key_exit_78(tmp_path):
         line = out.stderr.strip()
         assert "\n" not in line and f"{cfg}: {key}:" in line, line
         if key == "collector.store":
-            assert "not built yet" in line
+            assert "postgresql://user@host:port/db" in line
+
+
+def test_sqlite_run_picks_up_hosts_added_and_removed_in_the_store(
+        agent, tmp_path):
+    a = agent(interval=0.2, fake_vms=1)
+    c = CollectorProcess(tmp_path / "c", [], interval="1s",
+                         extra='instance = "solo"\nlease = "2s"\n').start()
+    try:
+        wait_until(lambda: c.cli("hosts", "list").returncode == 0, 20)
+        token = c.workdir / "a.token"
+        token.write_text(a.token())
+        began = time.monotonic()
+        assert c.cli("hosts", "add", "hv-a", a.url, "--pubkey",
+                     a.public_key().hex(), "--token-file",
+                     str(token)).returncode == 0
+        wait_until(lambda: c.records("hv-a"), 10)  # no restart
+        assert time.monotonic() - began < 2 + 5  # a lease, and a pull
+        code, doc = c.status()
+        assert doc["hosts"][0]["lease"]["owner"] == "solo"
+        assert c.cli("hosts", "remove", "hv-a").returncode == 0
+        time.sleep(2)  # a lease period: no longer pulled
+        n = len(c.records("hv-a"))
+        time.sleep(1.5)
+        assert len(c.records("hv-a")) == n
+        assert c.stop() == 0, c.log_text()[-2000:]
+    finally:
+        c.kill()

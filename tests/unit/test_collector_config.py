@@ -33,7 +33,9 @@ def test_defaults_and_hosts(tmp_path):
 
 
 @pytest.mark.parametrize("text,key", [
-    ('[collector]\nstore = "postgresql://u@db:5432/x"\n', "collector.store"),
+    ('[collector]\nstore = "postgresql://u@db:5432"\n', "collector.store"),
+    ('[collector]\nlease = "0.5s"\n', "collector.lease"),
+    ('[collector]\ninstance = "a b"\n', "collector.instance"),
     ('[collector]\nstore = "mysql"\n', "collector.store"),
     ('[collector]\nbogus = 1\n', "collector.bogus"),
     ('[nope]\n', "nope"),
@@ -53,9 +55,14 @@ def test_errors_name_file_and_key(text, key):
     assert "\n" not in str(err.value)
 
 
-def test_postgresql_says_not_built_yet():
-    with pytest.raises(ConfigError, match="not built yet"):
-        config.parse('[collector]\nstore = "postgresql://db/x"\n')
+def test_postgresql_instance_and_lease():
+    cfg = config.parse('[collector]\nstore = "postgresql://u@db:5432/x"\n'
+                       'instance = "c1"\nlease = "2s"\n')
+    assert cfg.store == "postgresql://u@db:5432/x"
+    assert (cfg.instance_name, cfg.lease_s) == ("c1", 2.0)
+    cfg = config.parse("")
+    assert cfg.lease_s == 30.0 and cfg.instance_name == config.socket \
+        .gethostname()
 
 
 def test_hosts_add_list_remove(tmp_path, capsys):

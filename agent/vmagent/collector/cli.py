@@ -11,7 +11,6 @@ import argparse
 import datetime as dt
 import json
 import signal
-import socket
 import sys
 import threading
 from collections.abc import Sequence
@@ -20,9 +19,15 @@ from typing import Any
 
 from vmagent import log
 from vmagent._version import __version__
-from vmagent.collector import config as config_mod
 from vmagent.cli import with_config
-from vmagent.collector.store import HostRow, SqliteStore, StoreError, open_store
+from vmagent.collector import config as config_mod
+from vmagent.collector.store import (
+    HostRow,
+    SqlStore,
+    StoreError,
+    connect,
+    open_store,
+)
 from vmagent.errors import ConfigError, StateError, VmagentError
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_STORE, EXIT_CONFIG = 1, 2, 3, 78
@@ -111,13 +116,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
-    store = SqliteStore(cfg.db_path)
+    store = connect(cfg.state_dir, cfg.store)
     try:
         before = store.version()
         after = store.migrate()
+        where = store.describe()
     finally:
         store.close()
-    print(f"{cfg.db_path}: schema version {after}"
+    print(f"{where}: schema version {after}"
           + (f" (was {before})" if before != after else " (up to date)"))
     return 0
 
@@ -134,13 +140,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    ingest = Ingest(store, cfg.pull_interval_s)
+    ingest = Ingest(store, cfg.pull_interval_s, cfg.instance_name,
+                    cfg.lease_s)
     logger = log.get_logger()
-    logger.info("collector_started", store=str(cfg.db_path),
+    logger.info("collector_started", store=store.describe(),
+                instance=cfg.instance_name, lease_s=cfg.lease_s,
                 hosts=len(store.hosts()))
     ingest.start()
-    while not stop.wait(1.0):
-        pass
+    ingest.run(stop)
     logger.info("collector_stopping")
     ingest.shutdown()
     store.close()
@@ -161,16 +168,21 @@ def _read_token(cfg: config_mod.CollectorConfig,
                           f"{err.strerror or err}") from None
 
 
-def _existing_store(cfg: config_mod.CollectorConfig) -> SqliteStore:
+def _existing_store(cfg: config_mod.CollectorConfig) -> SqlStore:
     """The store as it is: never created or migrated by a reader."""
-    if not cfg.db_path.exists():
+    if cfg.store == "sqlite" and not cfg.db_path.exists():
         raise StoreError(f"{cfg.db_path} does not exist (run `vmcollector "
                          "migrate` or `vmcollector run`)")
-    store = SqliteStore(cfg.db_path)
-    if store.version() == 0:
+    store = connect(cfg.state_dir, cfg.store)
+    try:
+        version = store.version()
+    except BaseException:
         store.close()
-        raise StoreError(f"{cfg.db_path} has no schema (run `vmcollector "
-                         "migrate`)")
+        raise
+    if version == 0:
+        store.close()
+        raise StoreError(f"{store.describe()} has no schema (run "
+                         "`vmcollector migrate`)")
     return store
 
 
@@ -189,22 +201,28 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if current else EXIT_FAILURE
 
 
-def status_document(store: SqliteStore,
+def status_document(store: SqlStore,
                     cfg: config_mod.CollectorConfig) -> dict[str, Any]:
-    """COLLECTOR.md §4 (this slice: no leases, no periods)."""
+    """COLLECTOR.md §4 (this slice: no periods)."""
     hosts = []
+    leases = store.leases() if store.version() >= 2 else {}
     for h in store.hosts():
+        owner, expires = leases.get(h.name, (None, 0.0))
+        lease = {"owner": owner, "expires": _rfc3339(expires)} \
+            if owner else None
         wals = [{"wal": w["wal"].hex(), "held": w["held"], "gaps": w["gaps"],
                  "last_seq": w["last_seq"], "watermark": _rfc3339(
                      w["newest_t"] / 1e9 if w["newest_t"] else None)}
                 for w in store.wals(h.name)]
         hosts.append({"name": h.name, "url": h.url, "state": h.state,
-                      "error": h.error, "lease": None, "wals": wals,
+                      "error": h.error, "lease": lease, "wals": wals,
                       "last_pull": _rfc3339(h.last_pull),
                       "behind_records": h.behind_records,
                       "clock_offset_s": h.clock_offset_s,
                       "acked_seq": h.acked_seq})
-    return {"store": f"sqlite:{cfg.db_path}", "instance": socket.gethostname(),
+    return {"store": store.describe(), "instance": cfg.instance_name,
+            "instances": store.instances(cfg.lease_s)
+            if store.version() >= 2 else [],
             "hosts": hosts, "periods": []}
 
 
@@ -215,7 +233,9 @@ def format_status(doc: dict[str, Any]) -> str:
         gaps = sum(len(w["gaps"]) for w in h["wals"])
         lines.append(f"{h['name']}: {h['state']}, {held} records held in "
                      f"{len(h['wals'])} WALs, {gaps} missing ranges, acked "
-                     f"{h['acked_seq']}, last pull {h['last_pull'] or '-'}")
+                     f"{h['acked_seq']}, last pull {h['last_pull'] or '-'}"
+                     + (f", pulled by {h['lease']['owner']}"
+                        if h["lease"] else ""))
         if h["error"]:
             lines.append(f"  error: {h['error']}")
     return "\n".join(lines)
@@ -267,7 +287,7 @@ def cmd_hosts_list(args: argparse.Namespace) -> int:
     else:
         for r in rows:
             print(f"{r['name']}  {r['url']}  consumer={r['consumer']}  "
-                  f"{r['state']}  key={r['pubkey'][:16]}…")
+                  f"{r['state']}  key={(r['pubkey'] or '')[:16]}…")
     return 0
 
 

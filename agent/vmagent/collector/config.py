@@ -1,14 +1,16 @@
 """``vmcollector``'s configuration: TOML -> frozen dataclasses (COLLECTOR.md
 §2).  Every error names the file and the key, in one line (exit 78).
 
-This slice reads ``[collector]`` state_dir, store, pull_interval and
-``[[hosts]]``; the other keys of §2 (listen, instance, lease, auto_close,
-calendar, grace) are accepted and ignored until their slices land.
+This slice reads ``[collector]`` state_dir, store (``sqlite`` or a
+``postgresql://`` URL), pull_interval, instance, lease and ``[[hosts]]``;
+the other keys of §2 (listen, auto_close, calendar, grace) are accepted and
+ignored until their slices land.
 """
 
 from __future__ import annotations
 
 import re
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,7 @@ DEFAULT_PATH = Path("/usr/local/etc/vmagent/collector.toml"
                     else "/etc/vmagent/collector.toml")
 BUILTIN = "built-in defaults"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-_LATER = ("listen", "instance", "lease", "auto_close", "calendar", "grace")
+_LATER = ("listen", "auto_close", "calendar", "grace")
 
 
 @dataclass(frozen=True)
@@ -41,12 +43,18 @@ class CollectorConfig:
     state_dir: Path = Path("/var/lib/vmcollector")
     store: str = "sqlite"
     pull_interval_s: float = 10.0
+    instance: str = ""  # the lease owner's name; "" = the hostname
+    lease_s: float = 30.0
     hosts: tuple[HostConfig, ...] = ()
     source: str = BUILTIN
 
     @property
     def db_path(self) -> Path:
         return self.state_dir / "collector.db"
+
+    @property
+    def instance_name(self) -> str:
+        return self.instance or socket.gethostname()
 
 
 def load(path: Path | str | None = None) -> CollectorConfig:
@@ -89,9 +97,16 @@ def _collector(source: str, table: dict[str, Any]) -> dict[str, Any]:
                 out["store"] = _store(value)
             elif key == "pull_interval":
                 out["pull_interval_s"] = parse_duration(value)
+            elif key == "instance":
+                out["instance"] = _name(value)
+            elif key == "lease":
+                out["lease_s"] = parse_duration(value)
+                if out["lease_s"] < 1:
+                    raise ValueError(f"expected at least 1s, got {value!r}")
             elif key not in _LATER:
                 raise ValueError("unknown key; expected one of state_dir, "
-                                 "store, pull_interval, " + ", ".join(_LATER))
+                                 "store, pull_interval, instance, lease, "
+                                 + ", ".join(_LATER))
         except (TypeError, ValueError) as err:
             raise ConfigError(source, name, str(err)) from None
     return out
@@ -100,11 +115,13 @@ def _collector(source: str, table: dict[str, Any]) -> dict[str, Any]:
 def _store(value: Any) -> str:
     text = text_value(value)
     if text.startswith(("postgresql://", "postgres://")):
-        raise ValueError("PostgreSQL is not built yet (a later slice); use "
-                         "store = \"sqlite\"")
+        if not re.match(r"^postgres(ql)?://[^/\s]*/[^/\s?]+(\?\S*)?$", text):
+            raise ValueError("expected postgresql://user@host:port/db, got "
+                             f"{value!r}")
+        return text
     if text != "sqlite":
-        raise ValueError(f"expected \"sqlite\" (or a postgresql:// URL, not "
-                         f"built yet), got {value!r}")
+        raise ValueError("expected \"sqlite\" or postgresql://user@host:port"
+                         f"/db, got {value!r}")
     return text
 
 

@@ -5,6 +5,14 @@ transaction, commits, then acks (COLLECTOR.md §1).
 A slow or dead host holds up only its own thread.  A frame that fails
 verification turns the host ``untrusted``: the frames before it are
 stored and acked, nothing of it.  A store error: no ack, back off, retry.
+
+``Ingest`` pulls the hosts this instance holds a lease on (COLLECTOR.md
+§1): every ``tick`` (a fifth of the lease) it heartbeats, renews, gives
+back what is above its fair share and claims free or expired leases; a
+host added to or removed from the store is picked up at the next tick.
+Every batch is stored only while the lease is held (fencing, checked in
+the store's transaction): an instance that lost a lease stores and acks
+nothing more of that host.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from vmagent.collector.client import Client, PullError
 from vmagent.collector.store import (
     EvidenceConflict,
     HostRow,
+    LeaseLost,
     Store,
     StoredFrame,
     StoreError,
@@ -44,9 +53,10 @@ class HostIngest(threading.Thread):
     """Pulls one host until ``stop`` is set or the host is untrusted."""
 
     def __init__(self, store: Store, host: HostRow, stop: threading.Event,
-                 wait_s: float = 10.0) -> None:
+                 wait_s: float = 10.0, owner: str | None = None) -> None:
         super().__init__(name=f"ingest-{host.name}", daemon=True)
         self.store, self.host, self.stop_event = store, host, stop
+        self.owner = owner  # the lease holder's name, checked at each store
         self.wait_s = min(max(wait_s, 0.0), 60.0)
         self.log = get_logger(host=host.name)
         self.busy = threading.Lock()  # held while a batch is in hand
@@ -69,10 +79,17 @@ class HostIngest(threading.Thread):
                 self.log.warning("store_error", error=str(err))
                 done = None
             if done is False:
-                return  # untrusted: an operator must act
+                return  # untrusted (an operator must act) or lease lost
             attempt = 0 if done else attempt + 1
             if not done:
                 self.stop_event.wait(backoff(attempt))
+
+    def halt(self) -> None:
+        """Stop pulling: returns once no batch is in hand (one being stored
+        is stored and acked first; one arriving later is dropped)."""
+        self.stop_event.set()
+        with self.busy:
+            pass
 
     def cycle(self) -> bool | None:
         """One pull.  True: progress or nothing new; None: retry after a
@@ -85,7 +102,8 @@ class HostIngest(threading.Thread):
         except VerifyError as err:
             return self._untrusted(str(err))
         except OSError as err:
-            return self._unreachable(err)
+            self._failed(str(err))
+            return None
         with self.busy:
             if self.stop_event.is_set():
                 return True  # not stored, not acked: it comes again
@@ -100,18 +118,23 @@ class HostIngest(threading.Thread):
                 self.store.save_batch(self.host.name, self.state.wal,
                                       frames, self.pending,
                                       self.state.last_seq,
-                                      self.state.last_hash,
-                                      **self._progress(batch, frames))
+                                      self.state.last_hash, owner=self.owner,
+                                      **self._progress(frames))
                 self.host = replace(self.host, wal=self.state.wal)
                 self.pending = []
             else:
-                self._mark_ok(batch, frames)
+                self._mark_ok(frames)
         except StoreError:
             self.state = before
             raise
         except EvidenceConflict as err:
             self.state = before
             return self._untrusted(str(err))
+        except LeaseLost as err:  # another instance has it: hands off
+            self.state = before
+            self.log.warning("lease_lost", error=str(err))
+            self.stop_event.set()
+            return False
         if frames:
             self._ack()
         if failure is not None:
@@ -142,8 +165,7 @@ class HostIngest(threading.Thread):
                 self.state.wal = wal
         return out, None
 
-    def _progress(self, batch: dict[str, Any],
-                  frames: list[StoredFrame]) -> dict[str, Any]:
+    def _progress(self, frames: list[StoredFrame]) -> dict[str, Any]:
         now = time.time()
         full = sum(len(f.decoded) for f in frames) >= self.max_records
         if not full:
@@ -162,9 +184,8 @@ class HostIngest(threading.Thread):
         self.failures = 0
         return progress
 
-    def _mark_ok(self, batch: dict[str, Any],
-                 frames: list[StoredFrame]) -> None:
-        self.store.set_state(self.host.name, **self._progress(batch, frames))
+    def _mark_ok(self, frames: list[StoredFrame]) -> None:
+        self.store.set_state(self.host.name, **self._progress(frames))
 
     def _ack(self) -> None:
         wal, seq = self.state.wal, self.state.last_seq
@@ -191,10 +212,8 @@ class HostIngest(threading.Thread):
             self.pending.append((a, b, "missing at the source (410)"))
             self.state.last_seq, self.state.last_hash = b, None
             return True
-        return self._failed(str(err))
-
-    def _unreachable(self, err: OSError) -> None:
-        return self._failed(str(err))
+        self._failed(str(err))
+        return None
 
     def _failed(self, error: str) -> None:
         self.failures += 1
@@ -233,26 +252,86 @@ def _hex(wal: bytes | None) -> str | None:
 
 
 class Ingest:
-    """Every host's thread; ``shutdown`` lets each finish its batch."""
+    """The pullers of the hosts this instance holds a lease on.  ``tick``
+    (called every ``period``) claims and renews leases and starts, stops
+    or restarts pullers to match; ``shutdown`` lets each finish its batch
+    and gives every lease back."""
 
-    def __init__(self, store: Store, wait_s: float) -> None:
+    def __init__(self, store: Store, wait_s: float, instance: str = "local",
+                 lease_s: float = 30.0) -> None:
         self.store, self.wait_s = store, wait_s
-        self.stop = threading.Event()
-        self.threads: list[HostIngest] = []
+        self.instance, self.lease_s = instance, lease_s
+        self.period = max(0.2, min(lease_s / 5, 5.0))
+        self.threads: dict[str, HostIngest] = {}
+        self.log = get_logger(instance=instance)
+        self.noted: dict[str, str] = {}  # host -> state logged as not pulled
 
     def start(self) -> None:
-        for host in self.store.hosts():
-            if host.state in ("untrusted", "retired"):
-                get_logger(host=host.name).warning(
-                    "host_not_pulled", state=host.state, error=host.error)
+        self.tick()
+
+    def tick(self) -> None:
+        """One lease round; a store error leaves everything as it is (the
+        leases run out if it lasts, and fencing stops the stores)."""
+        try:
+            claim = self.store.claim(self.instance, self.lease_s)
+            rows = {h.name: h for h in self.store.hosts()}
+        except StoreError as err:
+            self.log.warning("lease_round_failed", error=str(err))
+            return
+        for host, previous in claim.taken.items():
+            self.log.info("lease_claimed", host=host, previous=previous,
+                          live_instances=claim.live)
+        for name, row in rows.items():
+            if row.state in ("untrusted", "retired") and \
+                    self.noted.get(name) != row.state:
+                get_logger(host=name).warning(
+                    "host_not_pulled", state=row.state, error=row.error)
+            self.noted[name] = row.state
+        keep = set(claim.held) - set(claim.excess)
+        for name in list(self.threads):
+            t = self.threads[name]
+            now = rows.get(name)
+            if name not in keep or now is None or not t.is_alive() or \
+                    now.settings() != t.host.settings():
+                t.halt()
+                del self.threads[name]
+        if claim.excess:
+            try:
+                self.store.release(self.instance, claim.excess)
+            except StoreError as err:
+                self.log.warning("lease_release_failed", error=str(err))
+            else:
+                for host in claim.excess:
+                    self.log.info("lease_released", host=host,
+                                  reason="fair share",
+                                  live_instances=claim.live)
+        for name in sorted(keep):
+            new = rows.get(name)
+            if name in self.threads or new is None or \
+                    new.state in ("untrusted", "retired"):
                 continue
-            t = HostIngest(self.store, host, self.stop, self.wait_s)
-            self.threads.append(t)
+            t = HostIngest(self.store, new, threading.Event(), self.wait_s,
+                           owner=self.instance)
+            self.threads[name] = t
             t.start()
+
+    def run(self, stop: threading.Event) -> None:
+        """Ticks until ``stop`` is set."""
+        while not stop.wait(self.period):
+            self.tick()
 
     def shutdown(self) -> None:
         """Stop pulling; wait for every batch in hand to be stored and
-        acked (a thread in a long-poll holds nothing)."""
-        self.stop.set()
-        for t in self.threads:
-            t.busy.acquire()
+        acked (a thread in a long-poll holds nothing); give the leases
+        back at once."""
+        for t in self.threads.values():
+            t.stop_event.set()
+        for t in self.threads.values():
+            t.halt()
+        self.threads.clear()
+        try:
+            self.store.release(self.instance)
+        except StoreError as err:  # they run out within a lease period
+            self.log.warning("lease_release_failed", error=str(err))
+        else:
+            self.log.info("leases_released")

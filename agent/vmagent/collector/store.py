@@ -1,20 +1,32 @@
-"""Where the collector keeps evidence: one small interface (``Store``) and
-its SQLite implementation (COLLECTOR.md §1; docs/collector.md has the
-schema).  PostgreSQL is a later slice.
+"""Where the collector keeps evidence: one small interface (``Store``), one
+logical schema with versioned migrations, and two implementations that
+share their SQL: ``SqliteStore`` (embedded, one process) and
+``PostgresStore`` (a fleet; needs the ``postgresql`` extra, psycopg 3).
+COLLECTOR.md §1; docs/collector.md has the schema.
 
 Evidence is keyed by ``(host, wal, seq)``.  A batch is stored in one
 transaction together with the host's cursor (wal, seq, hash), so the
 cursor never runs ahead of what is stored.  The same seq again with the
 same bytes is a no-op; with other bytes, ``EvidenceConflict``.
+
+Leases: each host is pulled by one instance at a time, the holder of its
+row in ``leases`` (owner, expires).  ``claim`` renews the caller's leases,
+gives back what is above its fair share and takes free or expired ones up
+to it (``FOR UPDATE SKIP LOCKED`` on PostgreSQL); ``save_batch`` with an
+``owner`` checks the lease in the same transaction (fencing), so an
+instance whose lease expired while it stalled stores nothing.  Lease times
+are the database's clock, never the instances'.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +36,7 @@ import msgpack
 from vmagent.errors import VmagentError
 
 STATES = ("current", "lagging", "failing", "untrusted", "silent", "retired")
+NOT_PULLED = ("untrusted", "retired")
 
 
 class StoreError(VmagentError):
@@ -32,6 +45,11 @@ class StoreError(VmagentError):
 
 class EvidenceConflict(VmagentError):
     """A seq came back with other bytes than the ones stored."""
+
+
+class LeaseLost(VmagentError):
+    """This instance no longer holds the host's lease: store nothing, ack
+    nothing, stop pulling it."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +70,10 @@ class HostRow:
     behind_records: int | None = None
     clock_offset_s: float | None = None
 
+    def settings(self) -> tuple[Any, ...]:
+        """What an operator sets; a change restarts the host's puller."""
+        return (self.url, self.consumer, self.token, self.pubkey, self.cacert)
+
 
 @dataclass
 class StoredFrame:
@@ -67,10 +89,29 @@ class StoredFrame:
     decoded: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Claim:
+    """What ``claim`` decided: the hosts this instance holds now, those it
+    must give back (above its fair share), the ones it just took (with
+    their previous owner), and the live instances."""
+
+    held: list[str]
+    excess: list[str]
+    taken: dict[str, str | None]
+    live: int
+
+
 class Store:
     """The interface every store implements."""
 
     name = "?"
+
+    def describe(self) -> str:
+        """The store as ``status`` names it (never a password)."""
+        return self.name
+
+    def version(self) -> int:
+        raise NotImplementedError
 
     def migrate(self) -> int:  # returns the schema version
         raise NotImplementedError
@@ -88,8 +129,11 @@ class Store:
 
     def save_batch(self, host: str, wal: bytes, frames: Sequence[StoredFrame],
                    missing: Sequence[tuple[int, int, str]], stored_seq: int,
-                   last_hash: bytes | None, **progress: Any) -> None:
-        """Frames, records, missing ranges and the cursor, atomically."""
+                   last_hash: bytes | None, *, owner: str | None = None,
+                   **progress: Any) -> None:
+        """Frames, records, missing ranges and the cursor, atomically.
+        With ``owner``: only while ``owner`` holds the host's lease
+        (checked in the same transaction), else ``LeaseLost``."""
         raise NotImplementedError
 
     def set_state(self, host: str, state: str, error: str | None,
@@ -103,46 +147,273 @@ class Store:
         """Per WAL: held seq ranges, missing ranges, last seq, newest t."""
         raise NotImplementedError
 
+    def claim(self, instance: str, lease_s: float) -> Claim:
+        """Heartbeat, renew, give back above the fair share, take free or
+        expired leases up to it; one transaction."""
+        raise NotImplementedError
+
+    def release(self, instance: str, hosts: Sequence[str] | None = None) \
+            -> None:
+        """Give back ``hosts`` (all, and the heartbeat, when None)."""
+        raise NotImplementedError
+
+    def leases(self) -> dict[str, tuple[str | None, float]]:
+        """host -> (owner, expires) for every lease row."""
+        raise NotImplementedError
+
     def close(self) -> None:
         raise NotImplementedError
 
 
+# One logical schema for both stores.  {int} is a 64-bit integer, {blob}
+# bytes, {real} a double: INTEGER/BLOB/REAL on SQLite, bigint/bytea/double
+# precision on PostgreSQL.  Statements are separated by ";".
 MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE hosts (
         name TEXT PRIMARY KEY, url TEXT NOT NULL, consumer TEXT NOT NULL,
-        token TEXT, pubkey BLOB NOT NULL, cacert TEXT,
+        token TEXT, pubkey {blob} NOT NULL, cacert TEXT,
         state TEXT NOT NULL DEFAULT 'lagging', error TEXT,
-        wal BLOB, stored_seq INTEGER NOT NULL DEFAULT 0, last_hash BLOB,
-        acked_seq INTEGER NOT NULL DEFAULT 0, last_pull REAL,
-        behind_records INTEGER, clock_offset_s REAL);
+        wal {blob}, stored_seq {int} NOT NULL DEFAULT 0, last_hash {blob},
+        acked_seq {int} NOT NULL DEFAULT 0, last_pull {real},
+        behind_records {int}, clock_offset_s {real});
     CREATE TABLE frames (
-        host TEXT NOT NULL, wal BLOB NOT NULL, first_seq INTEGER NOT NULL,
-        last_seq INTEGER NOT NULL, hash BLOB NOT NULL, prev_hash BLOB NOT NULL,
-        sig BLOB NOT NULL, key_id TEXT NOT NULL, records BLOB NOT NULL,
-        received REAL NOT NULL, PRIMARY KEY (host, wal, first_seq));
+        host TEXT NOT NULL, wal {blob} NOT NULL, first_seq {int} NOT NULL,
+        last_seq {int} NOT NULL, hash {blob} NOT NULL,
+        prev_hash {blob} NOT NULL, sig {blob} NOT NULL, key_id TEXT NOT NULL,
+        records {blob} NOT NULL, received {real} NOT NULL,
+        PRIMARY KEY (host, wal, first_seq));
     CREATE TABLE records (
-        host TEXT NOT NULL, wal BLOB NOT NULL, seq INTEGER NOT NULL,
-        kind TEXT NOT NULL, t INTEGER, body BLOB NOT NULL,
+        host TEXT NOT NULL, wal {blob} NOT NULL, seq {int} NOT NULL,
+        kind TEXT NOT NULL, t {int}, body {blob} NOT NULL,
         PRIMARY KEY (host, wal, seq));
     CREATE TABLE missing (
-        host TEXT NOT NULL, wal BLOB NOT NULL, from_seq INTEGER NOT NULL,
-        to_seq INTEGER NOT NULL, reason TEXT NOT NULL,
+        host TEXT NOT NULL, wal {blob} NOT NULL, from_seq {int} NOT NULL,
+        to_seq {int} NOT NULL, reason TEXT NOT NULL,
         PRIMARY KEY (host, wal, from_seq, to_seq));
+    """,
+    """
+    CREATE TABLE leases (
+        host TEXT PRIMARY KEY, owner TEXT, expires {real} NOT NULL DEFAULT 0,
+        changed {real});
+    CREATE TABLE instances (
+        name TEXT PRIMARY KEY, heartbeat {real} NOT NULL,
+        started {real} NOT NULL);
+    INSERT INTO leases (host) SELECT name FROM hosts
     """,
 )
 
 _HOST_COLUMNS = ("name", "url", "consumer", "token", "pubkey", "cacert",
                  "state", "error", "wal", "stored_seq", "last_hash",
                  "acked_seq", "last_pull", "behind_records", "clock_offset_s")
-_PROGRESS = ("last_pull", "behind_records", "clock_offset_s")
 
 
-class SqliteStore(Store):
+class SqlStore(Store):
+    """The SQL both stores share.  Statements use ``?`` parameters and the
+    placeholders {now} (the database's clock, epoch seconds) and {lock}
+    / {skip_locked} (row locks, empty on SQLite, which locks the whole
+    database for a write transaction)."""
+
+    TYPES: dict[str, str] = {}
+    NOW = ""
+    LOCK = SKIP_LOCKED = ""
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("{now}", self.NOW).replace(
+            "{lock}", self.LOCK).replace("{skip_locked}", self.SKIP_LOCKED)
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        raise NotImplementedError
+        yield
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        with self._tx() as q:
+            return q(sql, args).fetchall()
+
+    def _migrate_lock(self, q: Any) -> None:
+        """Serialises concurrent migrations (SQLite: the write lock)."""
+
+    def migrate(self) -> int:
+        """Applies the missing migrations, each in a write transaction that
+        looks at the version first (two processes migrating at once apply
+        each migration once)."""
+        with self._tx() as q:
+            self._migrate_lock(q)
+            q("CREATE TABLE IF NOT EXISTS schema_version ("
+              "version INTEGER PRIMARY KEY, applied {real} NOT NULL)"
+              .replace("{real}", self.TYPES["real"]))
+        for number, sql in enumerate(MIGRATIONS, start=1):
+            with self._tx() as q:
+                self._migrate_lock(q)
+                if q("SELECT 1 FROM schema_version WHERE version = ?",
+                     (number,)).fetchone():
+                    continue
+                for statement in filter(str.strip, sql.split(";")):
+                    q(statement.format(**self.TYPES))
+                q("INSERT INTO schema_version VALUES (?, ?)",
+                  (number, time.time()))
+        return len(MIGRATIONS)
+
+    def put_host(self, host: HostRow) -> None:
+        with self._tx() as q:
+            q("INSERT INTO hosts (name, url, consumer, token, pubkey, "
+              "cacert) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO "
+              "UPDATE SET url=excluded.url, consumer=excluded.consumer, "
+              "token=excluded.token, cacert=excluded.cacert, "
+              "state=CASE WHEN hosts.pubkey != excluded.pubkey AND "
+              "hosts.state = 'untrusted' THEN 'lagging' ELSE hosts.state "
+              "END, error=CASE WHEN hosts.pubkey != excluded.pubkey THEN "
+              "NULL ELSE hosts.error END, pubkey=excluded.pubkey",
+              (host.name, host.url, host.consumer, host.token, host.pubkey,
+               host.cacert))
+            q("INSERT INTO leases (host) VALUES (?) ON CONFLICT (host) DO "
+              "NOTHING", (host.name,))
+
+    def remove_host(self, name: str) -> bool:
+        with self._tx() as q:
+            q("DELETE FROM leases WHERE host = ?", (name,))
+            return q("DELETE FROM hosts WHERE name = ?",
+                     (name,)).rowcount > 0
+
+    def hosts(self) -> list[HostRow]:
+        rows = self._read(f"SELECT {', '.join(_HOST_COLUMNS)} FROM hosts "
+                          "ORDER BY name")
+        return [_host_row(r) for r in rows]
+
+    def save_batch(self, host: str, wal: bytes, frames: Sequence[StoredFrame],
+                   missing: Sequence[tuple[int, int, str]], stored_seq: int,
+                   last_hash: bytes | None, *, owner: str | None = None,
+                   **progress: Any) -> None:
+        now = time.time()
+        with self._tx() as q:
+            if owner is not None and not q(
+                    "SELECT 1 FROM leases WHERE host = ? AND owner = ? AND "
+                    "expires > {now} {lock}", (host, owner)).fetchone():
+                raise LeaseLost(f"{host}: lease not held by {owner}")
+            for f in frames:
+                _insert_frame(q, host, wal, f, now)
+            for a, b, reason in missing:
+                q("INSERT INTO missing VALUES (?, ?, ?, ?, ?) ON CONFLICT "
+                  "DO NOTHING", (host, wal, a, b, reason))
+            _update_host(q, host, {"wal": wal, "stored_seq": stored_seq,
+                                   "last_hash": last_hash, **progress})
+
+    def set_state(self, host: str, state: str, error: str | None,
+                  **progress: Any) -> None:
+        assert state in STATES, state
+        with self._tx() as q:
+            _update_host(q, host, {"state": state, "error": error,
+                                   **progress})
+
+    def set_acked(self, host: str, seq: int) -> None:
+        with self._tx() as q:
+            q("UPDATE hosts SET acked_seq = ? WHERE name = ? AND "
+              "acked_seq < ?", (seq, host, seq))
+
+    def wals(self, host: str) -> list[dict[str, Any]]:
+        out = []
+        first = dict(self._read("SELECT wal, min(received) FROM frames "
+                                "WHERE host = ? GROUP BY wal", (host,)))
+        for wal, last_seq, newest_t in self._read(
+                "SELECT wal, max(seq), max(t) FROM records WHERE host = ? "
+                "GROUP BY wal", (host,)):
+            wal = bytes(wal)
+            held = self._read(
+                "SELECT min(seq), max(seq) FROM (SELECT seq, seq - "
+                "row_number() OVER (ORDER BY seq) AS g FROM records WHERE "
+                "host = ? AND wal = ?) AS runs GROUP BY g ORDER BY 1",
+                (host, wal))
+            gaps = self._read("SELECT from_seq, to_seq, reason FROM missing "
+                              "WHERE host = ? AND wal = ? ORDER BY from_seq",
+                              (host, wal))
+            out.append({"wal": wal, "held": [list(r) for r in held],
+                        "gaps": [{"from_seq": a, "to_seq": b, "reason": r}
+                                 for a, b, r in gaps],
+                        "last_seq": last_seq, "newest_t": newest_t,
+                        "first": first.get(wal, math.inf)})
+        out.sort(key=lambda w: w.pop("first"))
+        return out
+
+    def records(self, host: str) -> list[tuple[bytes, int, dict[str, Any]]]:
+        """Every stored record of ``host``: (wal, seq, record), WAL by WAL
+        in the order they arrived, for tests and tools."""
+        order = {w["wal"]: i for i, w in enumerate(self.wals(host))}
+        rows = self._read("SELECT wal, seq, body FROM records WHERE host = ? "
+                          "ORDER BY seq", (host,))
+        rows.sort(key=lambda r: order.get(bytes(r[0]), len(order)))
+        return [(bytes(w), s, msgpack.unpackb(bytes(b), raw=False))
+                for w, s, b in rows]
+
+    def claim(self, instance: str, lease_s: float) -> Claim:
+        with self._tx() as q:
+            q("INSERT INTO instances (name, heartbeat, started) VALUES "
+              "(?, {now}, {now}) ON CONFLICT (name) DO UPDATE SET "
+              "heartbeat = excluded.heartbeat", (instance,))
+            q("DELETE FROM instances WHERE heartbeat < {now} - ?",
+              (10 * lease_s,))
+            live = q("SELECT count(*) FROM instances WHERE "
+                     "heartbeat > {now} - ?", (lease_s,)).fetchone()[0]
+            q("INSERT INTO leases (host) SELECT name FROM hosts WHERE name "
+              "NOT IN (SELECT host FROM leases) ON CONFLICT (host) DO "
+              "NOTHING")
+            # ours that are gone or no longer pulled: give back
+            q("UPDATE leases SET owner = NULL, expires = 0, changed = {now} "
+              "WHERE owner = ? AND host NOT IN (SELECT name FROM hosts "
+              "WHERE state NOT IN ('untrusted', 'retired'))", (instance,))
+            q("UPDATE leases SET expires = {now} + ? WHERE owner = ?",
+              (lease_s, instance))
+            held = [r[0] for r in q("SELECT host FROM leases WHERE owner = ? "
+                                    "ORDER BY host", (instance,))]
+            pulled = q("SELECT count(*) FROM hosts WHERE state NOT IN "
+                       "('untrusted', 'retired')").fetchone()[0]
+            share = math.ceil(pulled / max(live, 1))
+            excess = held[share:] if live > 1 else []
+            taken: dict[str, str | None] = {}
+            want = share - len(held)
+            if want > 0:
+                for host, owner in q(
+                        "SELECT l.host, l.owner FROM leases l JOIN hosts h ON "
+                        "h.name = l.host WHERE (l.owner IS NULL OR "
+                        "l.expires <= {now}) AND h.state NOT IN "
+                        "('untrusted', 'retired') ORDER BY l.expires, l.host "
+                        "LIMIT ? {skip_locked}", (want,)).fetchall():
+                    q("UPDATE leases SET owner = ?, expires = {now} + ?, "
+                      "changed = {now} WHERE host = ?",
+                      (instance, lease_s, host))
+                    taken[host] = owner
+            return Claim(sorted(held + list(taken)), excess, taken, live)
+
+    def release(self, instance: str, hosts: Sequence[str] | None = None) \
+            -> None:
+        with self._tx() as q:
+            if hosts is None:
+                q("UPDATE leases SET owner = NULL, expires = 0, changed = "
+                  "{now} WHERE owner = ?", (instance,))
+                q("DELETE FROM instances WHERE name = ?", (instance,))
+                return
+            for host in hosts:
+                q("UPDATE leases SET owner = NULL, expires = 0, changed = "
+                  "{now} WHERE owner = ? AND host = ?", (instance, host))
+
+    def leases(self) -> dict[str, tuple[str | None, float]]:
+        return {h: (o, e) for h, o, e in self._read(
+            "SELECT host, owner, expires FROM leases ORDER BY host")}
+
+    def instances(self, lease_s: float) -> list[str]:
+        """The instances whose heartbeat is younger than ``lease_s``."""
+        return [r[0] for r in self._read(
+            "SELECT name FROM instances WHERE heartbeat > {now} - ? "
+            "ORDER BY name", (lease_s,))]
+
+
+class SqliteStore(SqlStore):
     """``<state_dir>/collector.db``: WAL journal, ``synchronous=FULL``, one
     connection shared by the ingest threads under a lock."""
 
     name = "sqlite"
+    TYPES = {"int": "INTEGER", "blob": "BLOB", "real": "REAL"}
+    NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 
     def __init__(self, path: Path, timeout: float = 10.0) -> None:
         self.path = path
@@ -157,22 +428,26 @@ class SqliteStore(Store):
         except (OSError, sqlite3.Error) as err:
             raise StoreError(f"cannot open {path}: {err}") from err
 
+    def describe(self) -> str:
+        return f"sqlite:{self.path}"
+
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self) -> Iterator[Any]:
         """One write transaction; sqlite errors become StoreError."""
+        def q(sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
+            return self._db.execute(self._sql(sql), args)
+
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as err:
                 raise StoreError(f"{self.path}: {err}") from err
             try:
-                yield self._db
+                yield q
                 self._db.execute("COMMIT")
             except BaseException as err:
-                try:
+                with suppress(sqlite3.Error):
                     self._db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
                 if isinstance(err, sqlite3.Error):
                     raise StoreError(f"{self.path}: {err}") from err
                 raise
@@ -180,7 +455,7 @@ class SqliteStore(Store):
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
             try:
-                return self._db.execute(sql, args).fetchall()
+                return self._db.execute(self._sql(sql), args).fetchall()
             except sqlite3.Error as err:
                 raise StoreError(f"{self.path}: {err}") from err
 
@@ -192,152 +467,167 @@ class SqliteStore(Store):
         return int(self._read("SELECT max(version) FROM schema_version")[0][0]
                    or 0)
 
-    def migrate(self) -> int:
-        """Applies the missing migrations, each in a write transaction that
-        looks at the version first (two processes migrating at once apply
-        each migration once)."""
-        with self._tx() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS schema_version ("
-                       "version INTEGER PRIMARY KEY, applied REAL NOT NULL)")
-        for number, sql in enumerate(MIGRATIONS, start=1):
-            with self._tx() as db:
-                if db.execute("SELECT 1 FROM schema_version WHERE "
-                              "version = ?", (number,)).fetchone():
-                    continue
-                for statement in filter(str.strip, sql.split(";")):
-                    db.execute(statement)
-                db.execute("INSERT INTO schema_version VALUES (?, ?)",
-                           (number, time.time()))
-        return len(MIGRATIONS)
-
-    def put_host(self, host: HostRow) -> None:
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO hosts (name, url, consumer, token, pubkey, "
-                "cacert) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO "
-                "UPDATE SET url=excluded.url, consumer=excluded.consumer, "
-                "token=excluded.token, cacert=excluded.cacert, "
-                "state=CASE WHEN hosts.pubkey != excluded.pubkey AND "
-                "hosts.state = 'untrusted' THEN 'lagging' ELSE hosts.state "
-                "END, error=CASE WHEN hosts.pubkey != excluded.pubkey THEN "
-                "NULL ELSE hosts.error END, pubkey=excluded.pubkey",
-                (host.name, host.url, host.consumer, host.token, host.pubkey,
-                 host.cacert))
-
-    def remove_host(self, name: str) -> bool:
-        with self._tx() as db:
-            return db.execute("DELETE FROM hosts WHERE name = ?",
-                              (name,)).rowcount > 0
-
-    def hosts(self) -> list[HostRow]:
-        rows = self._read(f"SELECT {', '.join(_HOST_COLUMNS)} FROM hosts "
-                          "ORDER BY name")
-        return [HostRow(**dict(zip(_HOST_COLUMNS, r))) for r in rows]
-
-    def save_batch(self, host: str, wal: bytes, frames: Sequence[StoredFrame],
-                   missing: Sequence[tuple[int, int, str]], stored_seq: int,
-                   last_hash: bytes | None, **progress: Any) -> None:
-        now = time.time()
-        with self._tx() as db:
-            for f in frames:
-                _insert_frame(db, host, wal, f, now)
-            for a, b, reason in missing:
-                db.execute("INSERT OR IGNORE INTO missing VALUES "
-                           "(?, ?, ?, ?, ?)", (host, wal, a, b, reason))
-            _update_host(db, host, {"wal": wal, "stored_seq": stored_seq,
-                                    "last_hash": last_hash, **progress})
-
-    def set_state(self, host: str, state: str, error: str | None,
-                  **progress: Any) -> None:
-        assert state in STATES, state
-        with self._tx() as db:
-            _update_host(db, host, {"state": state, "error": error,
-                                    **progress})
-
-    def set_acked(self, host: str, seq: int) -> None:
-        with self._tx() as db:
-            db.execute("UPDATE hosts SET acked_seq = max(acked_seq, ?) "
-                       "WHERE name = ?", (seq, host))
-
-    def wals(self, host: str) -> list[dict[str, Any]]:
-        out = []
-        for wal, last_seq, newest_t in self._read(
-                "SELECT wal, max(seq), max(t) FROM records WHERE host = ? "
-                "GROUP BY wal ORDER BY min(rowid)", (host,)):
-            held = self._read(
-                "SELECT min(seq), max(seq) FROM (SELECT seq, seq - "
-                "row_number() OVER (ORDER BY seq) AS g FROM records WHERE "
-                "host = ? AND wal = ?) GROUP BY g ORDER BY 1", (host, wal))
-            gaps = self._read("SELECT from_seq, to_seq, reason FROM missing "
-                              "WHERE host = ? AND wal = ? ORDER BY from_seq",
-                              (host, wal))
-            out.append({"wal": wal, "held": [list(r) for r in held],
-                        "gaps": [{"from_seq": a, "to_seq": b, "reason": r}
-                                 for a, b, r in gaps],
-                        "last_seq": last_seq, "newest_t": newest_t})
-        return out
-
-    def records(self, host: str) -> list[tuple[bytes, int, dict[str, Any]]]:
-        """Every stored record of ``host``: (wal, seq, record), for tests
-        and tools."""
-        rows = self._read("SELECT wal, seq, body FROM records WHERE host = ? "
-                          "ORDER BY rowid", (host,))
-        return [(w, s, msgpack.unpackb(b, raw=False)) for w, s, b in rows]
-
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
 
-def _insert_frame(db: sqlite3.Connection, host: str, wal: bytes,
-                  f: StoredFrame, now: float) -> None:
-    row = db.execute("SELECT last_seq, hash FROM frames WHERE host = ? AND "
-                     "wal = ? AND first_seq = ?",
-                     (host, wal, f.first_seq)).fetchone()
+def redact(url: str) -> str:
+    """A postgresql:// URL without its password."""
+    return re.sub(r"^(\w+://[^:@/]*):[^@/]*@", r"\1@", url)
+
+
+class PostgresStore(SqlStore):
+    """``postgresql://user@host:port/db``: a fleet of ``vmcollector run``
+    shares one database.  One connection shared by the ingest threads under
+    a lock; a broken connection is opened again at the next transaction
+    (a database outage is a StoreError: no ack, retry)."""
+
+    name = "postgresql"
+    TYPES = {"int": "BIGINT", "blob": "BYTEA", "real": "DOUBLE PRECISION"}
+    NOW = "EXTRACT(EPOCH FROM clock_timestamp())::float8"
+    LOCK = "FOR UPDATE"
+    SKIP_LOCKED = "FOR UPDATE OF l SKIP LOCKED"
+
+    def __init__(self, url: str, timeout: float = 5.0) -> None:
+        try:
+            import psycopg
+        except ImportError:
+            raise StoreError(f"{redact(url)}: PostgreSQL needs psycopg 3: "
+                             "pip install 'vmagent[postgresql]'") from None
+        self._psycopg = psycopg
+        self.url, self.timeout = url, timeout
+        self._lock = threading.Lock()
+        self._db: Any = None
+        with self._lock:
+            self._connect()
+
+    def describe(self) -> str:
+        return redact(self.url)
+
+    def _connect(self) -> Any:
+        if self._db is not None and not self._db.closed:
+            return self._db
+        try:
+            self._db = self._psycopg.connect(
+                self.url, autocommit=True,
+                connect_timeout=max(1, int(self.timeout)))
+        except self._psycopg.Error as err:
+            self._db = None
+            raise StoreError(f"{self.describe()}: {_one_line(err)}") from None
+        return self._db
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        with self._lock:
+            db = self._connect()
+
+            def q(sql: str, args: Sequence[Any] = ()) -> Any:
+                return db.execute(self._sql(sql).replace("?", "%s"), args)
+
+            try:
+                with db.transaction():
+                    yield q
+            except self._psycopg.Error as err:
+                if db.closed or isinstance(err,
+                                           self._psycopg.OperationalError):
+                    with suppress(self._psycopg.Error):
+                        db.close()
+                    self._db = None
+                raise StoreError(f"{self.describe()}: {_one_line(err)}") \
+                    from None
+
+    def _migrate_lock(self, q: Any) -> None:
+        q("SELECT pg_advisory_xact_lock(7413001)")
+
+    def version(self) -> int:
+        rows = self._read("SELECT to_regclass('schema_version') IS NOT NULL")
+        if not rows[0][0]:
+            return 0
+        return int(self._read("SELECT max(version) FROM schema_version")[0][0]
+                   or 0)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+
+def _one_line(err: BaseException) -> str:
+    lines = [s.strip() for s in str(err).splitlines() if s.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def _host_row(row: Sequence[Any]) -> HostRow:
+    values = dict(zip(_HOST_COLUMNS, row))
+    for key in ("pubkey", "wal", "last_hash"):
+        if values[key] is not None:
+            values[key] = bytes(values[key])
+    return HostRow(**values)
+
+
+def _insert_frame(q: Any, host: str, wal: bytes, f: StoredFrame,
+                  now: float) -> None:
+    row = q("SELECT last_seq, hash FROM frames WHERE host = ? AND "
+            "wal = ? AND first_seq = ?", (host, wal, f.first_seq)).fetchone()
     if row is not None:
-        if tuple(row) != (f.last_seq, f.hash):
+        if (row[0], bytes(row[1])) != (f.last_seq, f.hash):
             raise EvidenceConflict(f"frame {f.first_seq}-{f.last_seq} came "
                                    "back with other content than stored")
     else:
-        db.execute("INSERT INTO frames VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                   (host, wal, f.first_seq, f.last_seq, f.hash, f.prev_hash,
-                    f.sig, f.key_id, f.records, now))
+        q("INSERT INTO frames VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+          (host, wal, f.first_seq, f.last_seq, f.hash, f.prev_hash,
+           f.sig, f.key_id, f.records, now))
     for rec in f.decoded:
-        _insert_record(db, host, wal, rec)
+        _insert_record(q, host, wal, rec)
 
 
-def _insert_record(db: sqlite3.Connection, host: str, wal: bytes,
+def _insert_record(q: Any, host: str, wal: bytes,
                    rec: dict[str, Any]) -> None:
     body = msgpack.packb(rec, use_bin_type=True)
     seq, t = rec["seq"], rec.get("t")
-    done = db.execute("INSERT OR IGNORE INTO records VALUES (?, ?, ?, ?, ?, ?)",
-                      (host, wal, seq, str(rec.get("kind")),
-                       t if isinstance(t, int) else None, body)).rowcount
+    done = q("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO "
+             "NOTHING", (host, wal, seq, str(rec.get("kind")),
+                         t if isinstance(t, int) else None, body)).rowcount
     if not done:
-        old = db.execute("SELECT body FROM records WHERE host = ? AND wal = ? "
-                         "AND seq = ?", (host, wal, seq)).fetchone()[0]
-        if old != body:
+        old = q("SELECT body FROM records WHERE host = ? AND wal = ? "
+                "AND seq = ?", (host, wal, seq)).fetchone()[0]
+        if bytes(old) != body:
             raise EvidenceConflict(f"seq {seq} came back with other bytes "
                                    "than stored")
     if rec.get("kind") == "gap":
-        db.execute("INSERT OR IGNORE INTO missing VALUES (?, ?, ?, ?, ?)",
-                   (host, wal, rec["from_seq"], rec["to_seq"],
-                    f"gap record: {rec.get('reason', '')}"))
+        q("INSERT INTO missing VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+          (host, wal, rec["from_seq"], rec["to_seq"],
+           f"gap record: {rec.get('reason', '')}"))
 
 
-def _update_host(db: sqlite3.Connection, host: str,
-                 values: dict[str, Any]) -> None:
+def _update_host(q: Any, host: str, values: dict[str, Any]) -> None:
     for key in values:
         assert key in _HOST_COLUMNS, key
     sets = ", ".join(f"{k} = ?" for k in values)
-    db.execute(f"UPDATE hosts SET {sets} WHERE name = ?",
-               (*values.values(), host))
+    q(f"UPDATE hosts SET {sets} WHERE name = ?", (*values.values(), host))
 
 
-def open_store(state_dir: Path, kind: str = "sqlite") -> SqliteStore:
-    """The configured store, migrated to the current schema."""
+def is_postgresql(store: str) -> bool:
+    return store.startswith(("postgresql://", "postgres://"))
+
+
+def connect(state_dir: Path, kind: str = "sqlite") -> SqlStore:
+    """The configured store as it is (neither created nor migrated)."""
+    if is_postgresql(kind):
+        return PostgresStore(kind)
     if kind != "sqlite":
-        raise StoreError(f"store {kind!r} is not built yet")
-    store = SqliteStore(state_dir / "collector.db")
-    store.migrate()
+        raise StoreError(f"unknown store {kind!r}")
+    return SqliteStore(state_dir / "collector.db")
+
+
+def open_store(state_dir: Path, kind: str = "sqlite") -> SqlStore:
+    """The configured store, migrated to the current schema."""
+    store = connect(state_dir, kind)
+    try:
+        store.migrate()
+    except BaseException:
+        store.close()
+        raise
     return store

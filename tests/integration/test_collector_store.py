@@ -1,0 +1,183 @@
+"""The store contract (``vmagent.collector.store.Store``), the same tests
+against SQLite and a real PostgreSQL: migrations, hosts, batches exactly
+once, conflicts rolled back whole, leases, fair shares, fencing."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from vmagent.collector.store import (
+    MIGRATIONS,
+    EvidenceConflict,
+    HostRow,
+    LeaseLost,
+    StoredFrame,
+    StoreError,
+    connect,
+    open_store,
+)
+
+WAL = b"w" * 16
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql",
+                                               marks=pytest.mark.postgresql)])
+def kind(request, tmp_path):
+    """The store's configured value: "sqlite" or a fresh database's URL."""
+    if request.param == "sqlite":
+        return "sqlite"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def opened(kind, tmp_path):
+    """``opened()``: another connection to the same store (an instance)."""
+    made = []
+
+    def make():
+        store = open_store(tmp_path, kind)
+        made.append(store)
+        return store
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def host(name: str = "hv", key: bytes = b"k" * 32) -> HostRow:
+    return HostRow(name, f"http://{name}:9740", "default", "tok", key)
+
+
+def frame(seq: int, h: bytes = b"h", n: int = 1) -> StoredFrame:
+    recs = [{"seq": s, "kind": "inventory", "t": 10**18 + s, "vms": []}
+            for s in range(seq, seq + n)]
+    return StoredFrame(seq, seq + n - 1, h * 32, b"\0" * 32, b"s" * 64,
+                       "00" * 8, b"raw" + bytes([seq]), recs)
+
+
+def test_migrations_hosts_and_batches(opened):
+    store = opened()
+    assert store.version() == len(MIGRATIONS) == store.migrate()
+    store.put_host(host("hv"))
+    store.put_host(host("hv2"))
+    assert [h.name for h in store.hosts()] == ["hv", "hv2"]
+    row = store.hosts()[0]
+    assert row.pubkey == b"k" * 32 and row.token == "tok"
+    assert row.state == "lagging" and row.stored_seq == 0
+    store.save_batch("hv", WAL, [frame(1, n=3), frame(4, n=2)],
+                     [(6, 8, "missing at the source (410)")], 8, b"x" * 32,
+                     last_pull=1.5, behind_records=0, state="current",
+                     error=None)
+    store.save_batch("hv", WAL, [frame(9)], [], 9, b"y" * 32)
+    row = store.hosts()[0]
+    assert (row.wal, row.stored_seq, row.last_hash) == (WAL, 9, b"y" * 32)
+    assert row.state == "current" and row.last_pull == 1.5
+    [w] = store.wals("hv")
+    assert w["wal"] == WAL and w["held"] == [[1, 5], [9, 9]]
+    assert w["gaps"] == [{"from_seq": 6, "to_seq": 8,
+                          "reason": "missing at the source (410)"}]
+    assert w["last_seq"] == 9 and w["newest_t"] == 10**18 + 9
+    assert [s for _, s, _ in store.records("hv")] == [1, 2, 3, 4, 5, 9]
+    store.set_acked("hv", 9)
+    store.set_acked("hv", 4)  # never backwards
+    assert store.hosts()[0].acked_seq == 9
+    store.set_state("hv2", "failing", "connection refused")
+    assert store.hosts()[1].error == "connection refused"
+    other = opened()  # another instance sees the same hosts
+    assert [h.name for h in other.hosts()] == ["hv", "hv2"]
+    assert other.remove_host("hv2") and not other.remove_host("hv2")
+    assert [h.name for h in store.hosts()] == ["hv"]
+    store.save_batch("hv", b"v" * 16, [frame(1)], [], 1, b"z" * 32)
+    assert [w["wal"] for w in store.wals("hv")] == [WAL, b"v" * 16]
+
+
+def test_same_bytes_harmless_other_bytes_refused_whole(opened):
+    store = opened()
+    store.put_host(host())
+    store.save_batch("hv", WAL, [frame(1)], [], 1, b"h" * 32)
+    store.save_batch("hv", WAL, [frame(1)], [], 1, b"h" * 32)  # no-op
+    assert [s for _, s, _ in store.records("hv")] == [1]
+    with pytest.raises(EvidenceConflict):
+        store.save_batch("hv", WAL, [frame(2), frame(1, h=b"H")], [], 2,
+                         b"H" * 32)
+    assert [s for _, s, _ in store.records("hv")] == [1]  # frame 2 too
+    assert store.hosts()[0].last_hash == b"h" * 32
+    bad = frame(1)
+    bad.decoded[0]["vms"] = [1]
+    with pytest.raises(EvidenceConflict):
+        store.save_batch("hv", WAL, [bad], [], 1, b"h" * 32)
+    store.put_host(host(key=b"n" * 32))  # re-added: the new key
+    assert store.hosts()[0].pubkey == b"n" * 32
+    assert store.migrate() == len(MIGRATIONS)  # again: nothing to do
+
+
+def test_leases_fair_share_expiry_release_and_fencing(opened):
+    a, b = opened(), opened()
+    for name in ("h1", "h2", "h3"):
+        a.put_host(host(name))
+    first = a.claim("A", 1.0)
+    assert first.held == ["h1", "h2", "h3"] and first.live == 1
+    assert first.taken == {"h1": None, "h2": None, "h3": None}
+    second = b.claim("B", 1.0)  # all held by A, unexpired: nothing
+    assert second.held == [] and second.live == 2
+    again = a.claim("A", 1.0)  # two live instances: A keeps ceil(3/2)
+    assert again.held == ["h1", "h2", "h3"] and again.excess == ["h3"]
+    a.release("A", again.excess)
+    assert b.claim("B", 1.0).held == ["h3"]
+    assert a.leases()["h3"][0] == "B"
+    # fencing: only the holder stores
+    a.save_batch("h1", WAL, [frame(1)], [], 1, b"h" * 32, owner="A")
+    with pytest.raises(LeaseLost):
+        a.save_batch("h3", WAL, [frame(1)], [], 1, b"h" * 32, owner="A")
+    assert a.records("h3") == [] and a.hosts()[2].stored_seq == 0
+    # A stalls: its leases run out and B takes them (and A's heartbeat
+    # is gone, so B's share is all of them)
+    time.sleep(1.3)
+    taken = b.claim("B", 1.0)
+    assert taken.held == ["h1", "h2", "h3"] and taken.live == 1
+    assert taken.taken == {"h1": "A", "h2": "A"}
+    with pytest.raises(LeaseLost):  # A wakes up: stores nothing
+        a.save_batch("h1", WAL, [frame(2)], [], 2, b"i" * 32, owner="A")
+    assert [s for _, s, _ in a.records("h1")] == [1]
+    # an untrusted host is given back; a removed one too
+    b.set_state("h2", "untrusted", "bad signature")
+    b.remove_host("h3")
+    assert b.claim("B", 1.0).held == ["h1"]
+    assert b.leases()["h2"][0] is None and "h3" not in b.leases()
+    b.release("B")  # SIGTERM: everything back at once, heartbeat gone
+    assert all(o is None for o, _ in b.leases().values())
+    assert b.instances(1.0) == []
+    assert a.claim("A", 1.0).held == ["h1"]
+
+
+def test_unreachable_store_is_one_line_naming_it(tmp_path):
+    from integration.agent_process import free_port
+    pytest.importorskip("psycopg")
+    url = f"postgresql://someone:secret@127.0.0.1:{free_port()}/nothing"
+    with pytest.raises(StoreError) as err:
+        connect(tmp_path, url)
+    text = str(err.value)
+    assert "\n" not in text and "secret" not in text
+    assert text.startswith("postgresql://someone@127.0.0.1:")
+
+
+def test_status_and_run_on_an_unreachable_database(tmp_path):
+    import subprocess
+    import sys
+
+    from integration.agent_process import free_port
+    pytest.importorskip("psycopg")
+    url = f"postgresql://billing:pw@127.0.0.1:{free_port()}/metering"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[collector]\nstate_dir = "{tmp_path}"\nstore = "{url}"\n')
+    for command, code in (("status", 3), ("run", 1), ("migrate", 1)):
+        out = subprocess.run([sys.executable, "-m", "vmagent.collector.cli",
+                              command, "-c", str(cfg)], capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == code, (command, out.stderr)
+        line = out.stderr.strip().splitlines()[-1]
+        assert line.startswith("vmcollector: store unreachable: "
+                               "postgresql://billing@127.0.0.1:"), line
+        assert "pw" not in line
