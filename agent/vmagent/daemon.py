@@ -23,7 +23,7 @@ from vmagent import tokens as tokens_mod
 from vmagent._version import __version__
 from vmagent.acct.follower import AcctFollower
 from vmagent.acct.matching import AcctMatcher, acct_fields
-from vmagent.errors import ConfigError, VmagentError
+from vmagent.errors import ConfigError, ConsumerError, StartError, VmagentError
 from vmagent.exits import exit_fields, exit_watcher
 from vmagent.fsutil import remove_stale_tmp
 from vmagent.health import assess
@@ -88,6 +88,7 @@ class Agent:
             collections.deque(maxlen=20)
         self.last_sweep: dict[str, Any] = {}
         self.sweeps = 0
+        self.probe_bugs = 0  # unexpected exceptions in per-VM sampling
         self._clock_offset: int | None = None
         self._last_inventory = 0.0
         self.vms = Lifecycle(load_vms(state))
@@ -130,13 +131,13 @@ class Agent:
         """A dead consumer stops holding WAL data, for good (it is written to
         ``<state_dir>/dropped_consumers``; delete the line to undo)."""
         if name not in self.consumers():
-            raise VmagentError(f"no consumer {name!r}")
+            raise ConsumerError(f"no consumer {name!r}")
         with self.lock:
             try:
                 tokens_mod.save_dropped(self.cfg.agent.state_dir,
                                         self.dropped | {name})
             except OSError as err:
-                raise VmagentError(f"cannot write {tokens_mod.DROPPED_FILE}: "
+                raise ConsumerError(f"cannot write {tokens_mod.DROPPED_FILE}: "
                                    f"{err.strerror}") from None
             self.dropped.add(name)
             self.wal.set_consumers(self._consumers())
@@ -193,6 +194,7 @@ class Agent:
             out.append(self._vm_stop(t, vm))
         for vm, reason in sweep.failed:
             self.error("vm_sample_failed", reason, vm=vm.ref.name)
+        self.probe_bugs += sweep.bugs
         out += self._acct_records(t)
         if new or sweep.gone or \
                 time.monotonic() - self._last_inventory >= INVENTORY_EVERY_S:
@@ -282,12 +284,12 @@ class Agent:
             try:
                 servers.listen_api()
             except OSError as err:
-                raise VmagentError(f"cannot listen on {self.cfg.api.listen}"
+                raise StartError(f"cannot listen on {self.cfg.api.listen}"
                                    f": {err.strerror}") from err
             try:
                 servers.listen_control()
             except OSError as err:
-                raise VmagentError(f"cannot create the control socket in "
+                raise StartError(f"cannot create the control socket in "
                                    f"{self.cfg.agent.state_dir}: "
                                    f"{err.strerror}") from err
             return self._loop()
@@ -384,6 +386,7 @@ class Agent:
             "wal": {k: v for k, v in wal.items() if k != "acked"},
             "consumers": consumers, "errors": list(self.errors),
             "dropped_consumers": sorted(self.dropped),
+            "probe_bugs": self.probe_bugs,
             "state_files": self.state_files.status(),
             "acct": {"file": str(self.acct.path),
                      "readable": self.acct.path.exists(),

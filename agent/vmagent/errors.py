@@ -23,6 +23,15 @@ class ConfigError(VmagentError):
         self.problem = problem
 
 
+class ConsumerError(VmagentError):
+    """A consumer that does not exist, or whose change cannot be kept."""
+
+
+class StartError(VmagentError):
+    """The daemon cannot start serving: the address is taken, the control
+    socket cannot be made."""
+
+
 class StateError(VmagentError):
     """The state directory or a file in it cannot be used."""
 

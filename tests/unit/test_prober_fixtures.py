@@ -239,3 +239,16 @@ def test_a_process_younger_than_the_settle_time_is_looked_at_later(host):
         stat.write_text(stat.read_text().replace(f" {now} ", " 100 ", 1))
         [vm] = p.discover()
     assert vm.ref.name == "late"
+
+
+def test_a_bug_in_one_vms_sampling_is_counted_and_named_unexpected():
+    from vmagent.probes.types import VM, Sweep, VMRef
+
+    vm = VM(ref=VMRef("u", "n", "g", "kvm"), pid=1, start_ticks=0,
+            start_ns=0, comm="qemu", uid=0, vcpus=None, alloc_bytes=None)
+    sweep = Sweep()
+    sweep.fail(vm, OSError(5, "Input/output error"))
+    sweep.fail(vm, KeyError("cpu"))
+    assert sweep.bugs == 1
+    assert [r for _, r in sweep.failed] == [
+        "OSError: [Errno 5] Input/output error", "unexpected KeyError: 'cpu'"]

@@ -110,7 +110,7 @@ class Prober:
                 self._gone(pid, m)
                 sweep.gone.append(m.vm)
             except Exception as err:  # noqa: BLE001 - one VM never stops a sweep
-                sweep.failed.append((m.vm, f"{type(err).__name__}: {err}"))
+                sweep.fail(m.vm, err)
         return sweep
 
     def _gone(self, pid: int, m: _Metered) -> None:

@@ -151,7 +151,7 @@ class Prober:
                     continue
                 sweep.samples.append((m.vm, self._record(m)))
             except Exception as err:  # noqa: BLE001 - one VM never stops a sweep
-                sweep.failed.append((m.vm, f"{type(err).__name__}: {err}"))
+                sweep.fail(m.vm, err)
         return sweep
 
     def vms(self) -> list[VM]:

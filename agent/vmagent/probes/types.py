@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmagent.errors import ProbeError
+from vmagent.log import get_logger
+
 #: A record-shaped dict (docs/records.md): ``vm``, ``cpu``, ``mem``,
 #: ``nics``, ``io``, ``disks`` and, where readable, ``kvm``.  Quantities are
 #: ints.
@@ -86,6 +89,19 @@ class Sweep:
     samples: list[tuple[VM, Sample]] = field(default_factory=list)
     gone: list[VM] = field(default_factory=list)
     failed: list[tuple[VM, str]] = field(default_factory=list)
+    bugs: int = 0  # failures that were no documented probe error
+
+    def fail(self, vm: VM, err: Exception) -> None:
+        """One VM's sample failed; the sweep goes on.  A documented probe
+        error (OSError, ProbeError) is a reason; anything else is a bug:
+        logged with its traceback and counted."""
+        reason = f"{type(err).__name__}: {err}"
+        if not isinstance(err, (OSError, ProbeError)):
+            self.bugs += 1
+            reason = "unexpected " + reason
+            get_logger(vm=vm.ref.name).error("probe_bug", error=reason,
+                                             exc_info=err)
+        self.failed.append((vm, reason))
 
 
 def config_of(vm: VM) -> dict[str, Any]:
