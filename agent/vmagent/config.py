@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from vmagent import names
 from vmagent.errors import ConfigError
+from vmagent.names import is_consumer_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -269,9 +271,8 @@ def _names(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise TypeError(f"expected a list of names, got {value!r}")
     for v in value:
-        if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", v):
-            raise ValueError(f"expected names of letters, digits, '_', '.', "
-                             f"'-', got {v!r}")
+        if not is_consumer_name(v):
+            raise ValueError(f"expected names of {names.RULE}, got {v!r}")
     return tuple(value)
 
 

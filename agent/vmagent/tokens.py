@@ -9,14 +9,13 @@ token for consumer ``default``.
 from __future__ import annotations
 
 import hmac
-import re
 import secrets
 from pathlib import Path
 
 from vmagent.errors import ConfigError
 from vmagent.fsutil import write_atomically
+from vmagent.names import is_consumer_name
 
-_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 DEFAULT_CONSUMER = "default"
 
 
@@ -48,7 +47,7 @@ def parse(text: str, source: str) -> Tokens:
             continue
         name, sep, token = line.partition(":")
         key = f"line {n}"
-        if not sep or not _NAME.fullmatch(name) or name.startswith("."):
+        if not sep or not is_consumer_name(name):
             raise ConfigError(source, key, "expected consumer-name:token "
                               "(names of letters, digits, '_', '.', '-')")
         if len(token) < 16 or any(c.isspace() for c in token):

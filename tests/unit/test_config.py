@@ -148,3 +148,12 @@ def test_an_unreadable_file_is_named_with_the_reason_and_no_key(tmp_path):
     assert str(e.value) == (f"{tmp_path / 'nope.toml'}: cannot read: No such "
                             "file or directory")
     assert e.value.key is None
+
+
+@pytest.mark.parametrize("name", [".hidden", "a/b", "x" * 129, ""])
+def test_consumer_names_follow_the_one_rule_of_tokens_and_cursors(name):
+    from vmagent.names import is_consumer_name
+
+    assert not is_consumer_name(name)
+    with pytest.raises(ConfigError, match="api.consumers"):
+        config.parse(f'[api]\nconsumers = ["{name}"]\n')

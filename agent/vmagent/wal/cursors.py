@@ -8,13 +8,11 @@ counts as 0: that can only cause re-delivery, never loss.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from vmagent.errors import VmagentError
+from vmagent.names import is_consumer_name
 from vmagent.wal.fileops import FileOps
-
-_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
 
 class CursorError(VmagentError):
@@ -25,7 +23,7 @@ class Cursors:
     def __init__(self, directory: Path, wal_id: bytes, consumers: list[str],
                  ops: FileOps) -> None:
         for name in consumers:
-            if not _NAME.fullmatch(name) or name.startswith("."):
+            if not is_consumer_name(name):
                 raise CursorError(f"invalid consumer name {name!r}")
         self.dir, self.wal_id, self.ops = directory, wal_id, ops
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -34,7 +32,7 @@ class Cursors:
     def update(self, consumers: list[str]) -> None:
         """The set of consumers changed (tokens reloaded)."""
         for name in consumers:
-            if not _NAME.fullmatch(name) or name.startswith("."):
+            if not is_consumer_name(name):
                 raise CursorError(f"invalid consumer name {name!r}")
         self.acked = {name: self.acked.get(name, self._load(name))
                       for name in consumers}
