@@ -20,6 +20,7 @@ from vmagent import log
 from vmagent._version import __version__
 from vmagent.errors import ConfigError, StateError, VmagentError
 from vmagent.identity import load_or_create_host_id
+from vmagent.show import columns
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_CONFIG = 1, 2, 3, 78
 
@@ -369,9 +370,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         ))
     if len(lines) == 1:
         return "no VMs found"
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths))
-                     .rstrip() for line in lines)
+    return columns(lines)
 
 
 def human_bytes(n: int) -> str:

@@ -1,9 +1,11 @@
-"""How records are printed by ``vmagent wal dump`` and ``vmagent pull``:
-JSON lines, or ``seq kind {rest}`` for a person; bytes as hex."""
+"""How things are printed for a person: records by ``vmagent wal dump``
+and ``vmagent pull`` (JSON lines, or ``seq kind {rest}``; bytes as hex),
+and the tables of ``vmagent vms`` and ``vmagent acct``."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -19,3 +21,11 @@ def _hex(value: object) -> str:
     if isinstance(value, bytes):
         return value.hex()
     raise TypeError(f"cannot show {type(value).__name__}")
+
+
+def columns(rows: Sequence[Sequence[str]]) -> str:
+    """Rows of cells (the first the heading) as left-aligned columns two
+    spaces apart, trailing blanks trimmed."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths))
+                     .rstrip() for row in rows)

@@ -14,6 +14,7 @@ from typing import Any
 
 from vmagent.acct.records import HYPERVISORS, AcctRecord
 from vmagent.errors import VmagentError
+from vmagent.show import columns
 
 FIELDS = ("command", "pid", "uid", "gid", "user", "start", "end",
           "elapsed_us", "cpu_user_us", "cpu_system_us", "mem_kb", "io_blocks",
@@ -136,6 +137,4 @@ def to_table(records: list[AcctRecord]) -> str:
                      f"{r.elapsed_us / 1e6:.2f}", str(r.mem_kb),
                      "-" if r.io_blocks is None else str(r.io_blocks),
                      _flat(r.exit) or "-"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths))
-                     .rstrip() for row in rows)
+    return columns(rows)
