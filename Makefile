@@ -9,7 +9,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 SOURCES := pyproject.toml setup.py agent/vmagent/_version.py \
-           $(wildcard native/*.h native/*.py native/*/*.c)
+           $(wildcard native/*.h native/*.py native/*/*.c native/*/*.h)
 
 # `make test` installs the test packages with the build ones (one apt-get)
 PACKAGE_GROUPS := build $(if $(filter test,$(MAKECMDGOALS)),test)

@@ -11,25 +11,13 @@
 #include <math.h>
 #include <string.h>
 
+#include "le.h"
 #include "vmprobe.h"
 
 #define LINUX_AHZ 100         /* acct_v3 times are in AHZ = 100 Hz ticks */
 #define LINUX_FLAGS 0x3f      /* AFORK ASU ACOMPAT ACORE AXSIG AGROUP */
 #define FREEBSD_FLAGS 0x3f    /* AFORK ASU ACOMPAT ACORE AXSIG ANVER */
 #define FREEBSD_ANVER 0x20
-
-static uint16_t le16(const unsigned char *p) { return (uint16_t)(p[0] | p[1] << 8); }
-
-static uint32_t le32(const unsigned char *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-           (uint32_t)p[3] << 24;
-}
-
-static uint64_t le64(const unsigned char *p)
-{
-    return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32;
-}
 
 static float lefloat(const unsigned char *p)
 {

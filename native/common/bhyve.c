@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "le.h"
 #include "vmprobe.h"
 
 /* sys/sys/user.h: kf_structsize @0, kf_type @4, kf_fd @8, kf_flags @16;
@@ -18,17 +19,6 @@
  * roundup(offsetof(kf_path) + strlen(kf_path) + 1, 8). */
 #define KF_PATH_OFFSET VMPROBE_KF_PATH_OFFSET
 #define KF_HEADER 24
-
-static uint32_t le32(const unsigned char *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-           (uint32_t)p[3] << 24;
-}
-
-static uint64_t le64(const unsigned char *p)
-{
-    return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32;
-}
 
 static int einval(void)
 {
