@@ -1,16 +1,25 @@
 """Sweep benchmark: vmagent's cost per VM against the kernel's floor.
 
 Starts N paused KVM guests (``qemu -S``; 2 vCPUs, one tap, one raw disk
-each), then measures, per VM:
+each), then measures the CPU time of the measuring thread, per VM-sweep:
 
 - ``vmagent``: a full ``Prober.sample()`` (native reads + the records);
-- ``native``: the native reads alone (``vmprobe_vm_read`` per VM);
-- ``floor``: bench/floor.c pread()ing the very same files with cached fds
-  (and stat()ing the same disk links), no parsing: the kernel's own cost;
+- ``native``: the native reads alone (``vmprobe_vm_read`` per VM, and the
+  one ``/proc/net/dev`` read of the sweep);
+- ``floor``: bench/floor.c reading the same information the cheapest way
+  the kernel allows (issue 16): per VM ``/proc/<pid>/{stat,status,io}``,
+  every vCPU (and vhost) thread's ``schedstat``, ``fstat`` of each disk
+  through an ``O_PATH`` fd, block devices' ``stat``; one ``/proc/net/dev``
+  read per sweep for all taps.  No parsing;
+- ``debugfs`` (at 1 Hz only): the floor of the debugfs KVM counters the
+  prober still reads each sweep (in ``vmagent`` and ``native``, not in
+  ``floor``);
 - discovery: a first ``discover()`` (every process new) and a steady one.
 
-Each of the three is the median over ``--rounds`` sweeps; the three run
-interleaved five times and the best median of each is reported.
+Twice: back-to-back (each the median over ``--rounds`` sweeps, the three
+interleaved five times, the best median of each reported), and at the
+daemon's cadence, one sweep a second for ``--cadence`` seconds (the median;
+the floor runs in its own process at the same cadence meanwhile).
 
 Run as root from the repository:
     sudo .venv/bin/python bench/sweep.py --vms 20 50
@@ -40,8 +49,10 @@ TEXT, SMALL = 8191, 127  # the native code's read sizes (native/linux/vm.c)
 
 
 def floor_plan(prober: Prober, vms: list[VM]) -> str:
-    """The files the native code reads, in bench/floor.c's plan format."""
-    lines = []
+    """The same information by the cheapest kernel path (issue 16), in
+    bench/floor.c's plan format."""
+    lines = [f"readall {prober.procfs}/net/dev"] \
+        if any(vm.nics for vm in vms) else []
     for vm in vms:
         pdir = f"{prober.procfs}/{vm.pid}"
         lines.append("vm")
@@ -50,22 +61,67 @@ def floor_plan(prober: Prober, vms: list[VM]) -> str:
                   for t in vm.vcpu_threads]
         lines += [f"pread {SMALL} {prober.procfs}/{k}/schedstat"
                   for k in vm.vhost_pids]
-        for nic in vm.nics:
-            lines += [f"pread {SMALL} {prober.sysfs}/class/net/{nic.name}/"
-                      f"statistics/{d}_{c}" for d in ("rx", "tx")
-                      for c in ("bytes", "packets", "errors", "dropped")]
-        lines += [f"stat {pdir}/fd/{d.fd}" for d in vm.disks]
-        lines += [f"reopen {p}" for _, p in vm.kvm_stats]  # nonseekable
+        lines += [f"fstat {pdir}/fd/{d.fd}" for d in vm.disks]
+        lines += [f"pread {SMALL} {prober.sysfs}/dev/block/"
+                  f"{d.block_device}/stat" for d in vm.disks
+                  if d.block_device]
     return "\n".join(lines) + "\n"
 
 
+def debugfs_plan(vms: list[VM]) -> str:
+    """The debugfs KVM counters the prober still reads every sweep (open,
+    read, close: they cannot pread), for their own floor."""
+    lines = []
+    for vm in vms:
+        lines.append("vm")
+        lines += [f"reopen {p}" for _, p in vm.kvm_stats]
+    return "\n".join(lines) + "\n"
+
+
+def floor_at_cadence(floor_bin: Path, plan: str,
+                     seconds: int) -> subprocess.Popen[str]:
+    """bench/floor.c sweeping ``plan`` once a second, started now."""
+    proc = subprocess.Popen(  # noqa: S603 - our own binary
+        [str(floor_bin), str(seconds), "1000"], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None
+    proc.stdin.write(plan)
+    proc.stdin.close()
+    return proc
+
+
+def result(proc: subprocess.Popen[str]) -> float:
+    assert proc.stdout is not None
+    out = float(proc.stdout.read())
+    proc.wait(timeout=60)
+    return out
+
+
 def per_vm_us(fn: Callable[[], object], n_vms: int, rounds: int) -> float:
+    """Median thread CPU time of ``fn`` over ``rounds`` calls, per VM."""
     times = []
     for _ in range(rounds):
-        t0 = time.perf_counter()
+        t0 = time.thread_time_ns()
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e6 / n_vms
+        times.append(time.thread_time_ns() - t0)
+    return statistics.median(times) / 1e3 / n_vms
+
+
+def at_cadence(fns: list[Callable[[], object]], n_vms: int,
+               seconds: int) -> list[float]:
+    """Each of ``fns`` once a second (spread over the second), for
+    ``seconds``: the median thread CPU time of each, per VM."""
+    times: list[list[int]] = [[] for _ in fns]
+    start = time.monotonic()
+    for s in range(seconds):
+        for i, fn in enumerate(fns):
+            delay = start + s + (i + 0.25) / (len(fns) + 1) - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            t0 = time.thread_time_ns()
+            fn()
+            times[i].append(time.thread_time_ns() - t0)
+    return [statistics.median(t) / 1e3 / n_vms for t in times]
 
 
 def start_guests(n: int, workdir: Path) -> tuple[list[Guest], list[str]]:
@@ -91,7 +147,8 @@ def wait_all(prober: Prober, pids: set[int]) -> list[VM]:
     raise TimeoutError("guests not all discovered")
 
 
-def measure(n: int, rounds: int, floor_bin: Path, workdir: Path) -> dict:
+def measure(n: int, rounds: int, cadence: int, floor_bin: Path,
+            workdir: Path) -> dict:
     guests, taps = start_guests(n, workdir)
     try:
         pids = {g.pid for g in guests}
@@ -106,8 +163,12 @@ def measure(n: int, rounds: int, floor_bin: Path, workdir: Path) -> dict:
         extra = len(prober.vms()) - n  # other VMs on the host
         steady_us = per_vm_us(prober.discover, 1, rounds)
         metered = list(prober._metered.values())  # noqa: SLF001
+        # the sweep's shared /proc/net/dev read, where the prober has one
+        net_dev = getattr(prober, "_net_dev", None)
 
         def native_only() -> None:
+            if net_dev is not None:
+                net_dev.read()
             for m in metered:
                 lib.vmprobe_vm_read(m.handle, m.reading)
 
@@ -118,13 +179,23 @@ def measure(n: int, rounds: int, floor_bin: Path, workdir: Path) -> dict:
             native_us.append(per_vm_us(native_only, n + extra, rounds))
             floor_us.append(float(subprocess.run(
                 [str(floor_bin), str(rounds)], input=plan, text=True,
-                capture_output=True, check=True).stdout))
-        prober.close()
+                stdout=subprocess.PIPE, check=True).stdout))
         # best of the repeats' medians: the cost without interference
         sweep_us, native_us, floor_us = (min(sweep_us), min(native_us),
                                          min(floor_us))
+        floor_proc = floor_at_cadence(floor_bin, plan, cadence)
+        debugfs_proc = floor_at_cadence(floor_bin,
+                                        debugfs_plan(prober.vms()), cadence)
+        time.sleep(0.5)  # half a second apart from the floor's sweeps
+        sweep_1hz, native_1hz = at_cadence([prober.sample, native_only],
+                                           n + extra, cadence)
+        floor_1hz, debugfs_1hz = result(floor_proc), result(debugfs_proc)
+        prober.close()
         return {"vms": n, "sweep_us": sweep_us, "native_us": native_us,
                 "floor_us": floor_us, "ratio": sweep_us / floor_us,
+                "sweep_1hz": sweep_1hz, "native_1hz": native_1hz,
+                "floor_1hz": floor_1hz, "ratio_1hz": sweep_1hz / floor_1hz,
+                "debugfs_1hz": debugfs_1hz,
                 "discover_cold_ms": cold_ms, "discover_steady_us": steady_us,
                 "processes": len([p for p in os.listdir("/proc")
                                   if p.isdigit()])}
@@ -139,6 +210,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vms", type=int, nargs="+", default=[20, 50])
     ap.add_argument("--rounds", type=int, default=300)
+    ap.add_argument("--cadence", type=int, default=60,
+                    help="seconds of one sweep a second (0: none)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("run as root (taps, other processes' /proc)", file=sys.stderr)
@@ -147,14 +220,21 @@ def main() -> int:
         floor_bin = Path(tmp) / "floor"
         subprocess.run(["cc", "-O2", "-Wall", "-Werror", "-o", str(floor_bin),
                         str(ROOT / "bench/floor.c")], check=True)
-        print("| VMs | vmagent µs/VM | native reads µs/VM | floor µs/VM | "
-              "vmagent/floor | first discover ms | steady discover µs | "
-              "processes |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("CPU µs per VM-sweep (thread CPU time): back-to-back, "
+              "then at 1 Hz")
+        print("| VMs | vmagent | native reads | floor | vmagent/floor | "
+              "vmagent 1 Hz | native 1 Hz | floor 1 Hz | vmagent/floor "
+              "1 Hz | debugfs 1 Hz | first discover ms | "
+              "steady discover µs | processes |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for n in args.vms:
-            r = measure(n, args.rounds, floor_bin, Path(tmp))
+            r = measure(n, args.rounds, max(args.cadence, 1), floor_bin,
+                        Path(tmp))
             print(f"| {r['vms']} | {r['sweep_us']:.1f} | {r['native_us']:.1f}"
                   f" | {r['floor_us']:.1f} | {r['ratio']:.2f} | "
+                  f"{r['sweep_1hz']:.1f} | {r['native_1hz']:.1f} | "
+                  f"{r['floor_1hz']:.1f} | {r['ratio_1hz']:.2f} | "
+                  f"{r['debugfs_1hz']:.1f} | "
                   f"{r['discover_cold_ms']:.1f} | "
                   f"{r['discover_steady_us']:.0f} | {r['processes']} |",
                   flush=True)

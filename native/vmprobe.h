@@ -71,20 +71,12 @@ int vmprobe_parse_schedstat(const char *buf, size_t len,
 
 /* --- one VM: cached fds, re-read with pread -------------------------------- */
 
-/* Host view of a network interface: sysfs statistics/ in this order. */
-#define VMPROBE_NIC_COUNTERS 8
-struct vmprobe_nic {
-    uint64_t rx_bytes, rx_packets, rx_errors, rx_dropped;
-    uint64_t tx_bytes, tx_packets, tx_errors, tx_dropped;
-    int err;                /* 0, or the errno that kept it from being read */
-};
-
 struct vmprobe_disk {
     uint64_t size_bytes;    /* st_size (regular file) */
     uint64_t alloc_bytes;   /* st_blocks * 512 */
     uint64_t rd_ios, rd_sectors, wr_ios, wr_sectors;  /* block device only */
     int has_blk;            /* the four above were read */
-    int err;
+    int err;                /* ESTALE: not the file seen at discovery */
 };
 
 struct vmprobe_u64 {
@@ -102,9 +94,8 @@ struct vmprobe_vm_spec {
     const char *proc_dir;             /* "<procfs>/<pid>" */
     const char *const *sched_paths;   /* vCPU and vhost schedstat files */
     int n_sched;
-    const char *const *nic_dirs;      /* "<sysfs>/class/net/<tap>/statistics" */
-    int n_nics;
-    const char *const *disk_links;    /* "<procfs>/<pid>/fd/<n>" */
+    const char *const *disk_links;    /* "<procfs>/<pid>/fd/<n>": opened
+                                         O_PATH once, fstat()ed each read */
     const uint64_t *disk_dev;         /* st_dev and st_ino seen at discovery */
     const uint64_t *disk_ino;
     const char *const *disk_blk_stats;/* "<sysfs>/dev/block/M:m/stat" or NULL */
@@ -120,7 +111,6 @@ struct vmprobe_reading {
     struct vmprobe_io io;
     int status_err, io_err;
     struct vmprobe_thread *threads;
-    struct vmprobe_nic *nics;
     struct vmprobe_disk *disks;
     struct vmprobe_u64 *u64s;
 };

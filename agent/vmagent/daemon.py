@@ -157,6 +157,7 @@ class Agent:
         records += self._sample(t)
         if last:
             records.append(rec.agent_stop(t))
+            self._save_vms()  # when each running gen was last seen
         done: tuple[int, int] | None = None
         if records:  # no VMs and no heartbeat due: nothing to write
             with self.committed:
@@ -182,13 +183,14 @@ class Agent:
         for vm in new:
             self.exits.watch(vm.pid)
             if self.vms.found(vm):
-                out.append(rec.vm_start(t, vm.ref.as_record()))
-        out += [rec.vm_stop(t, vm.ref.as_record(), {"source": "restart"})
-                for vm in self.vms.stopped_while_down()]
+                out.append(rec.vm_start(t, vm.record(), config_of(vm)))
+        out += [rec.vm_stop(t, p.vm.record(), {
+            "source": "restart", **self._bounds(t, p.seen_ns)})
+            for p in self.vms.stopped_while_down()]
         out += self._config_changes(t)
         sweep = self.prober.sample()
         for vm, sample in sweep.samples:
-            self.vms.sampled(vm, sample)
+            self.vms.sampled(vm, sample, t)
             out.append(rec.sample(t, sample))
         for vm in sweep.gone:
             out.append(self._vm_stop(t, vm))
@@ -203,9 +205,13 @@ class Agent:
                 {"uuid": v.ref.uuid, "gen": v.ref.gen, "name": v.ref.name}
                 for v in self.vms.running.values()]))
         if new or sweep.gone:
-            self.state_files.save(VMS_FILE, lambda: save_vms(
-                self.cfg.agent.state_dir, list(self.vms.running.values())))
+            self._save_vms()
         return out
+
+    def _save_vms(self) -> None:
+        self.state_files.save(VMS_FILE, lambda: save_vms(
+            self.cfg.agent.state_dir, list(self.vms.running.values()),
+            dict(self.vms.seen_ns)))
 
     def _config_changes(self, t: int) -> list[dict[str, Any]]:
         """``vm_config`` for hotplugged vCPUs, memory, NICs and disks."""
@@ -213,7 +219,7 @@ class Agent:
         for before, after in self.prober.changes():
             old, new = config_of(before), config_of(after)
             self.vms.changed(after)
-            out.append(rec.vm_config(t, after.ref.as_record(), {
+            out.append(rec.vm_config(t, after.record(), {
                 k: [old[k], new[k]] for k in old if old[k] != new[k]}))
         return out
 
@@ -224,13 +230,26 @@ class Agent:
         source = (self.exits.mechanism or "poll") if ended.noticed \
             else "poll"
         exit: dict[str, Any] = {"source": source}
+        if ended.at_ns is not None:  # noticed at once: when it ended
+            exit["at_ns"] = ended.at_ns
+        else:  # found gone by a sweep: between two of them
+            exit.update(self._bounds(t, ended.seen_ns))
         if ended.status is not None:  # kqueue tells it; a pidfd does not
             exit.update(exit_fields(ended.status))
             if vm.ref.hypervisor == "bhyve" and "code" in exit:
                 exit["reason"] = bhyve.exit_reason(exit["code"])
-        out = rec.vm_stop(t, vm.ref.as_record(), exit, ended.last)
+        out = rec.vm_stop(t, vm.record(), exit, ended.last)
         if "nics" in out:  # the taps' own last counters, where there are
             out["nics"] = [self._final_nic(n, source) for n in out["nics"]]
+        return out
+
+    @staticmethod
+    def _bounds(t: int, seen_ns: int | None) -> dict[str, int]:
+        """When a gen found gone (by this sweep, or at a restart) ended:
+        after it was last seen running, before ``t``."""
+        out = {"before_ns": t}
+        if seen_ns is not None:
+            out["after_ns"] = seen_ns
         return out
 
     def _final_nic(self, nic: dict[str, Any], source: str) -> dict[str, Any]:
@@ -246,13 +265,13 @@ class Agent:
         for record in self.acct.poll():
             vm = self.matcher.closes(record, gens)
             if vm is not None:
-                out.append(rec.vm_acct(t, vm.ref.as_record(),
+                out.append(rec.vm_acct(t, vm.record(),
                                        acct_fields(record)))
         return out
 
     def _on_exit(self, pid: int, status: int | None) -> None:
         """From the exit watcher's thread: sweep now, not at the boundary."""
-        self.vms.exit_reported(pid, status)
+        self.vms.exit_reported(pid, status, time.time_ns())
         self.exit_event.set()
         self.wake.set()
 

@@ -31,17 +31,29 @@ class Ended:
     noticed: bool  # reported at once by the exit watcher (else by a sweep)
     status: int | None  # the wait status, where the watcher gives it
     last: dict[str, Any]  # its last sample ({} if none was taken)
+    at_ns: int | None  # when the watcher reported it (Unix ns)
+    seen_ns: int | None  # when it was last seen running (its last sample)
+
+
+@dataclass(frozen=True)
+class Previous:
+    """A gen running when the agent last stopped (``vms.json``)."""
+
+    vm: VM
+    seen_ns: int | None  # when that agent last saw it running
 
 
 class Lifecycle:
-    def __init__(self, previous: dict[str, VM],
+    def __init__(self, previous: dict[str, Previous],
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.running: dict[str, VM] = {}  # gen -> VM
         self._previous = previous  # running when the agent last stopped
         self._started_before = set(previous)  # their vm_start is out
         self._last: dict[str, dict[str, Any]] = {}  # gen -> last sample
+        self.seen_ns: dict[str, int] = {}  # gen -> its last sample's t
         self._ended: dict[str, tuple[float, VM]] = {}  # gen -> when, VM
-        self._exited: dict[int, int | None] = {}  # pid -> wait status
+        # pid -> (wait status, when reported)
+        self._exited: dict[int, tuple[int | None, int]] = {}
         self._rechecks: dict[int, int] = {}  # pid -> sweeps since its exit
         self._clock = clock
 
@@ -54,13 +66,13 @@ class Lifecycle:
             return False
         return True
 
-    def stopped_while_down(self) -> list[VM]:
+    def stopped_while_down(self) -> list[Previous]:
         """Gens running at the last stop that the first sweep did not
         find: they ended while the agent was down (asked once)."""
-        gone = [vm for gen, vm in self._previous.items()
+        gone = [p for gen, p in self._previous.items()
                 if gen not in self.running]
-        for vm in gone:
-            self._ended[vm.ref.gen] = (self._clock(), vm)
+        for p in gone:
+            self._ended[p.vm.ref.gen] = (self._clock(), p.vm)
         self._previous = {}
         return gone
 
@@ -68,21 +80,25 @@ class Lifecycle:
         """A running gen's configuration changed (hotplug)."""
         self.running[vm.ref.gen] = vm
 
-    def sampled(self, vm: VM, sample: dict[str, Any]) -> None:
+    def sampled(self, vm: VM, sample: dict[str, Any], t: int) -> None:
         self._last[vm.ref.gen] = sample
+        self.seen_ns[vm.ref.gen] = t
 
     def gone(self, vm: VM) -> Ended:
         """A gen's process is gone: what is known of its end."""
         self.running.pop(vm.ref.gen, None)
         self._ended[vm.ref.gen] = (self._clock(), vm)
-        noticed = vm.pid in self._exited
-        status = self._exited.pop(vm.pid, None)
+        exited = self._exited.pop(vm.pid, None)
         self._rechecks.pop(vm.pid, None)
-        return Ended(noticed, status, self._last.pop(vm.ref.gen, {}))
+        return Ended(exited is not None, exited[0] if exited else None,
+                     self._last.pop(vm.ref.gen, {}),
+                     exited[1] if exited else None,
+                     self.seen_ns.pop(vm.ref.gen, None))
 
-    def exit_reported(self, pid: int, status: int | None) -> None:
+    def exit_reported(self, pid: int, status: int | None,
+                      at_ns: int) -> None:
         """From the exit watcher's thread."""
-        self._exited[pid] = status
+        self._exited[pid] = (status, at_ns)
 
     def exit_pending(self) -> bool:
         """An exit was reported for a gen the last sweep still saw running
@@ -106,21 +122,24 @@ class Lifecycle:
             [vm for _, vm in self._ended.values()]
 
 
-def save_vms(state_dir: Path, vms: Iterable[VM]) -> None:
-    """The running VM gens, so that a restart can tell which ended."""
+def save_vms(state_dir: Path, vms: Iterable[VM],
+             seen_ns: dict[str, int]) -> None:
+    """The running VM gens and when each was last seen running, so that a
+    restart can tell which ended (and after when)."""
     doc = {vm.ref.gen: {"ref": vm.ref.as_record(), "pid": vm.pid,
                         "start_ticks": vm.start_ticks,
                         "start_ns": vm.start_ns, "comm": vm.comm,
-                        "uid": vm.uid} for vm in vms}
+                        "uid": vm.uid, "seen_ns": seen_ns.get(vm.ref.gen)}
+           for vm in vms}
     write_atomically(state_dir / VMS_FILE, json.dumps(doc), mode=0o600)
 
 
-def load_vms(state_dir: Path) -> dict[str, VM]:
+def load_vms(state_dir: Path) -> dict[str, Previous]:
     try:
         doc = json.loads((state_dir / VMS_FILE).read_text())
-        return {gen: VM(ref=VMRef(**d["ref"]), pid=d["pid"],
-                        start_ticks=d["start_ticks"], start_ns=d["start_ns"],
-                        comm=d["comm"], uid=d["uid"], vcpus=None,
-                        alloc_bytes=None) for gen, d in doc.items()}
+        return {gen: Previous(VM(
+            ref=VMRef(**d["ref"]), pid=d["pid"], start_ticks=d["start_ticks"],
+            start_ns=d["start_ns"], comm=d["comm"], uid=d["uid"], vcpus=None,
+            alloc_bytes=None), d.get("seen_ns")) for gen, d in doc.items()}
     except (OSError, ValueError, KeyError, TypeError):
         return {}

@@ -16,16 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from vmagent.log import get_logger
+from vmagent.probes.types import TAP_GUEST_VIEW as HOST_TO_GUEST
+from vmagent.probes.types import tap_guest_view as guest_view
 
 KEEP = 4096  # deleted links remembered (names are reused)
-HOST_TO_GUEST = {"rx_bytes": "tx_bytes", "rx_packets": "tx_packets",
-                 "rx_errors": "tx_errors", "rx_drops": "tx_dropped",
-                 "tx_bytes": "rx_bytes", "tx_packets": "rx_packets",
-                 "tx_errors": "rx_errors", "tx_drops": "rx_dropped"}
-
-
-def guest_view(host: dict[str, int]) -> dict[str, int]:
-    return {guest: int(host[h]) for guest, h in HOST_TO_GUEST.items()}
+__all__ = ["HOST_TO_GUEST", "LinkWatcher", "guest_view"]
 
 
 class LinkWatcher:

@@ -1,6 +1,6 @@
 """One builder per record kind (docs/records.md): the only place where a
-record's shape is written.  ``vm`` arguments are ``VMRef.as_record()``
-maps; the WAL adds ``seq`` and ``host`` when it writes a record."""
+record's shape is written.  ``vm`` arguments are ``VM.record()`` maps;
+the WAL adds ``seq`` and ``host`` when it writes a record."""
 
 from __future__ import annotations
 
@@ -24,8 +24,10 @@ def sample(t: int, counters: Record) -> Record:
     return {"kind": "sample", "t": t, **counters}
 
 
-def vm_start(t: int, vm: Record) -> Record:
-    return {"kind": "vm_start", "t": t, "vm": vm}
+def vm_start(t: int, vm: Record, config: Record) -> Record:
+    """``config``: ``{vcpus, alloc_bytes, nics, disks}`` the gen started
+    with (``probes.types.config_of``)."""
+    return {"kind": "vm_start", "t": t, "vm": vm, "config": config}
 
 
 def vm_stop(t: int, vm: Record, exit: Record,

@@ -1,11 +1,14 @@
 /*
  * One VM process: every kernel file it is metered from, opened once and
  * re-read with pread on each sweep (measured: this is what comes close to the
- * cost of the kernel generating the text).  Item files (threads, taps, disks,
+ * cost of the kernel generating the text).  Item files (threads, disks,
  * debugfs) fail one by one into their own err; only the process's stat file
- * failing means the VM is gone.
+ * failing means the VM is gone.  Tap counters are not here: the caller reads
+ * /proc/net/dev once per sweep for every VM (issue 16).
  */
+#define _GNU_SOURCE /* O_PATH */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,20 +25,12 @@
 
 struct vmprobe_vm {
     int stat_fd, status_fd, io_fd;
-    int n_sched, n_nics, n_disks, n_u64;
+    int n_sched, n_disks, n_u64;
     int *sched_fd;            /* n_sched; < 0 is -errno from open */
-    int *nic_fd;              /* n_nics * VMPROBE_NIC_COUNTERS */
-    char **disk_link;
-    uint64_t *disk_dev, *disk_ino;
+    int *disk_fd;             /* O_PATH; -ESTALE: another file than seen */
     int *blk_fd;              /* NO_FD where there is no block device */
     int *u64_fd;              /* REOPEN: see read_u64_item */
     char **u64_path;
-};
-
-/* sysfs statistics/ file names, in struct vmprobe_nic field order. */
-static const char *const nic_files[VMPROBE_NIC_COUNTERS] = {
-    "rx_bytes", "rx_packets", "rx_errors", "rx_dropped",
-    "tx_bytes", "tx_packets", "tx_errors", "tx_dropped",
 };
 
 static int open_in(const char *dir, const char *name)
@@ -67,19 +62,14 @@ void vmprobe_vm_close(struct vmprobe_vm *vm)
     close_all(&vm->status_fd, 1);
     close_all(&vm->io_fd, 1);
     close_all(vm->sched_fd, vm->n_sched);
-    close_all(vm->nic_fd, vm->n_nics * VMPROBE_NIC_COUNTERS);
+    close_all(vm->disk_fd, vm->n_disks);
     close_all(vm->blk_fd, vm->n_disks);
     close_all(vm->u64_fd, vm->n_u64);
-    for (i = 0; vm->disk_link != NULL && i < vm->n_disks; i++)
-        free(vm->disk_link[i]);
     for (i = 0; vm->u64_path != NULL && i < vm->n_u64; i++)
         free(vm->u64_path[i]);
     free(vm->u64_path);
     free(vm->sched_fd);
-    free(vm->nic_fd);
-    free(vm->disk_link);
-    free(vm->disk_dev);
-    free(vm->disk_ino);
+    free(vm->disk_fd);
     free(vm->blk_fd);
     free(vm->u64_fd);
     free(vm);
@@ -94,36 +84,48 @@ static int *open_each(const char *const *paths, int n)
     return fds;
 }
 
+/* An O_PATH fd on the file behind the VM's own fd (/proc/<pid>/fd/<n>),
+ * checked to be the file seen at discovery: the fd number may have been
+ * reused since.  It stays that file until the rescan looks again. */
+static int open_disk(const char *link, uint64_t dev, uint64_t ino)
+{
+    struct stat st;
+    int fd = open(link, O_PATH | O_CLOEXEC), err;
+
+    if (fd < 0)
+        return -errno;
+    if (fstat(fd, &st) < 0) {
+        err = errno;
+        close(fd);
+        return -err;
+    }
+    if ((uint64_t)st.st_dev != dev || (uint64_t)st.st_ino != ino) {
+        close(fd);
+        return -ESTALE;
+    }
+    return fd;
+}
+
 static int open_items(struct vmprobe_vm *vm, const struct vmprobe_vm_spec *s)
 {
-    size_t nd = (size_t)s->n_disks + 1;
-    int i, k;
+    int i;
 
     vm->sched_fd = open_each(s->sched_paths, s->n_sched);
     vm->u64_fd = open_each(s->u64_paths, s->n_u64);
     vm->blk_fd = open_each(s->disk_blk_stats, s->n_disks);
-    vm->nic_fd = calloc((size_t)s->n_nics * VMPROBE_NIC_COUNTERS + 1,
-                        sizeof(int));
-    vm->disk_link = calloc(nd, sizeof(char *));
-    vm->disk_dev = calloc(nd, sizeof(uint64_t));
-    vm->disk_ino = calloc(nd, sizeof(uint64_t));
+    vm->disk_fd = calloc((size_t)s->n_disks + 1, sizeof(int));
+    for (i = 0; vm->disk_fd != NULL && i < s->n_disks; i++)
+        vm->disk_fd[i] = NO_FD; /* nothing to close if a later step fails */
     vm->u64_path = calloc((size_t)s->n_u64 + 1, sizeof(char *));
-    if (!vm->sched_fd || !vm->u64_fd || !vm->blk_fd || !vm->nic_fd ||
-        !vm->disk_link || !vm->disk_dev || !vm->disk_ino || !vm->u64_path)
+    if (!vm->sched_fd || !vm->u64_fd || !vm->blk_fd || !vm->disk_fd ||
+        !vm->u64_path)
         return -1;
     for (i = 0; i < s->n_u64; i++)
         if ((vm->u64_path[i] = strdup(s->u64_paths[i])) == NULL)
             return -1;
-    for (i = 0; i < s->n_nics; i++)
-        for (k = 0; k < VMPROBE_NIC_COUNTERS; k++)
-            vm->nic_fd[i * VMPROBE_NIC_COUNTERS + k] =
-                open_in(s->nic_dirs[i], nic_files[k]);
-    for (i = 0; i < s->n_disks; i++) {
-        if ((vm->disk_link[i] = strdup(s->disk_links[i])) == NULL)
-            return -1;
-        vm->disk_dev[i] = s->disk_dev[i];
-        vm->disk_ino[i] = s->disk_ino[i];
-    }
+    for (i = 0; i < s->n_disks; i++)
+        vm->disk_fd[i] = open_disk(s->disk_links[i], s->disk_dev[i],
+                                   s->disk_ino[i]);
     return 0;
 }
 
@@ -136,7 +138,6 @@ struct vmprobe_vm *vmprobe_vm_open(const struct vmprobe_vm_spec *spec)
         return NULL;
     vm->status_fd = vm->io_fd = -1;
     vm->n_sched = spec->n_sched;
-    vm->n_nics = spec->n_nics;
     vm->n_disks = spec->n_disks;
     vm->n_u64 = spec->n_u64;
     vm->stat_fd = open_in(spec->proc_dir, "stat");
@@ -208,19 +209,6 @@ static int read_u64_item(struct vmprobe_vm *vm, int i, uint64_t *out)
     return err;
 }
 
-static void read_nic(const int *fds, struct vmprobe_nic *nic)
-{
-    uint64_t *dst[VMPROBE_NIC_COUNTERS] = {
-        &nic->rx_bytes, &nic->rx_packets, &nic->rx_errors, &nic->rx_dropped,
-        &nic->tx_bytes, &nic->tx_packets, &nic->tx_errors, &nic->tx_dropped,
-    };
-    int k;
-
-    nic->err = 0;
-    for (k = 0; k < VMPROBE_NIC_COUNTERS && nic->err == 0; k++)
-        nic->err = read_u64(fds[k], dst[k]);
-}
-
 /* /sys/dev/block/M:m/stat: fields 1, 3, 5, 7 (Documentation/block/stat.rst) */
 static int read_blk(int fd, struct vmprobe_disk *d)
 {
@@ -242,20 +230,19 @@ static int read_blk(int fd, struct vmprobe_disk *d)
     return 0;
 }
 
-/* stat() through /proc/<pid>/fd/<n>: the file behind the VM's own fd, checked
- * to still be the one seen at discovery (an fd number can be reused). */
+/* fstat() of the O_PATH fd opened at discovery (open_disk): no path walk
+ * through /proc/<pid>/fd each sweep. */
 static void read_disk(struct vmprobe_vm *vm, int i, struct vmprobe_disk *d)
 {
     struct stat st;
 
     memset(d, 0, sizeof(*d));
-    if (stat(vm->disk_link[i], &st) < 0) {
-        d->err = errno;
+    if (vm->disk_fd[i] < 0) {
+        d->err = vm->disk_fd[i] == NO_FD ? ENOENT : -vm->disk_fd[i];
         return;
     }
-    if ((uint64_t)st.st_dev != vm->disk_dev[i] ||
-        (uint64_t)st.st_ino != vm->disk_ino[i]) {
-        d->err = ESTALE;
+    if (fstat(vm->disk_fd[i], &st) < 0) {
+        d->err = errno;
         return;
     }
     d->size_bytes = (uint64_t)st.st_size;
@@ -306,8 +293,6 @@ int vmprobe_vm_read(struct vmprobe_vm *vm, struct vmprobe_reading *out)
             vmprobe_parse_schedstat(buf, (size_t)n, &t->sched) < 0)
             t->err = errno;
     }
-    for (i = 0; i < vm->n_nics; i++)
-        read_nic(&vm->nic_fd[i * VMPROBE_NIC_COUNTERS], &out->nics[i]);
     for (i = 0; i < vm->n_disks; i++)
         read_disk(vm, i, &out->disks[i]);
     for (i = 0; i < vm->n_u64; i++)

@@ -93,10 +93,15 @@ def test_exits_are_closed_by_vm_stop_and_the_kernels_accounting(tmp_path):
         time.sleep(3)  # a runtime of seconds: the tolerance is a tick each
         last_proc = of_kind(records(a), "sample", first)[-1]
         last_ticks = cpu_ticks(pid1)  # the last /proc reading, then at once:
+        [start] = of_kind(records(a), "vm_start", first)
+        assert start["config"]["alloc_bytes"] > 0  # what it started with
+        assert start["vm"]["started_ns"] <= last_proc["t"]
+        killed_ns = time.time_ns()
         os.kill(pid1, signal.SIGKILL)
         # at once (pidfd), not at the next sweep; then the kernel's record
         stop = wait_until(lambda: of_kind(records(a), "vm_stop", first))
         assert stop[0]["exit"]["source"] == "pidfd"
+        assert killed_ns <= stop[0]["exit"]["at_ns"] <= stop[0]["t"]
         assert stop[0]["cpu"]["total_ns"] >= last_proc["cpu"]["total_ns"]
         [acct] = wait_until(lambda: of_kind(records(a), "vm_acct", first))
         fields = acct["acct"]
@@ -111,11 +116,14 @@ def test_exits_are_closed_by_vm_stop_and_the_kernels_accounting(tmp_path):
         pid2 = ns.start_vm(second, tmp_path)
         wait_until(lambda: of_kind(records(a), "sample", second), timeout=60)
         assert terminate_in_namespace(a) == 0
+        killed_ns = time.time_ns()
         os.kill(pid2, signal.SIGKILL)
         time.sleep(0.5)
         a.start(prefix=ns.prefix())
         [stop2] = wait_until(lambda: of_kind(records(a), "vm_stop", second))
         assert stop2["exit"]["source"] == "restart"
+        exit2 = stop2["exit"]  # ended between the last sight and the restart
+        assert exit2["after_ns"] <= killed_ns <= exit2["before_ns"]
         [acct2] = wait_until(lambda: of_kind(records(a), "vm_acct", second))
         assert acct2["acct"]["exit"] == {"signal": 9}
         assert a.cli("wal", "verify", str(a.state / "wal")).returncode == 0

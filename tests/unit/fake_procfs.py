@@ -34,6 +34,7 @@ class FakeHost:
         (self.proc / "sys/kernel/random").mkdir(parents=True)
         (self.proc / "sys/kernel/random/boot_id").write_text(BOOT_ID + "\n")
         self.debug.mkdir()
+        self.net_devs: dict[str, dict[str, int]] = {}
 
     def process(self, pid: int, comm: str, argv: list[str], *,
                 exe: str | None = None, fds: dict[int, str] | None = None,
@@ -82,3 +83,20 @@ class FakeHost:
         for key in ("rx_bytes", "rx_packets", "rx_errors", "rx_dropped",
                     "tx_bytes", "tx_packets", "tx_errors", "tx_dropped"):
             (stats / key).write_text(f"{counters.get(key, 0)}\n")
+        self.net_devs[name] = counters
+        self.write_net_dev()
+
+    def write_net_dev(self) -> None:
+        """``proc/net/dev`` of every tap, laid out as the kernel does."""
+        c = [f"{n:>6}: " + " ".join(str(v) for v in (
+            d.get("rx_bytes", 0), d.get("rx_packets", 0),
+            d.get("rx_errors", 0), d.get("rx_dropped", 0), 0, 0, 0, 0,
+            d.get("tx_bytes", 0), d.get("tx_packets", 0),
+            d.get("tx_errors", 0), d.get("tx_dropped", 0), 0, 0, 0, 0))
+             for n, d in self.net_devs.items()]
+        (self.proc / "net").mkdir(exist_ok=True)
+        (self.proc / "net/dev").write_text(
+            "Inter-|   Receive                                            "
+            "    |  Transmit\n face |bytes    packets errs drop fifo frame "
+            "compressed multicast|bytes    packets errs drop fifo colls "
+            "carrier compressed\n" + "".join(line + "\n" for line in c))

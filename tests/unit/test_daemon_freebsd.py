@@ -7,6 +7,7 @@ process."""
 from __future__ import annotations
 
 import signal
+import time
 from dataclasses import replace
 
 import pytest
@@ -49,13 +50,19 @@ def test_a_bhyve_host_writes_start_samples_and_stop(agent, kernel):  # noqa: F81
     [vm_start] = records(agent, "vm_start")
     assert vm_start["vm"]["name"] == "web01"
     assert vm_start["vm"]["hypervisor"] == "bhyve"
+    assert vm_start["vm"]["started_ns"] > 0  # ki_start (the fake kernel's)
+    assert set(vm_start["config"]) == {"vcpus", "alloc_bytes", "nics",
+                                       "disks"}
 
     # bhyve exits with 1 (the guest powered off): the kqueue event, then the
     # process as the kernel shows it until its parent reaps it
     kernel.procs[700] = replace(proc(runtime=9e6), zombie=True)
+    before = time.time_ns()
     agent._on_exit(700, 1 << 8)
     agent.sweep()
     [stop] = records(agent, "vm_stop")
+    at_ns = stop["exit"].pop("at_ns")
+    assert before <= at_ns <= stop["t"]  # when the kqueue event came
     assert stop["exit"] == {"source": "kqueue", "code": 1,
                             "reason": "poweroff"}
     assert stop["cpu"]["total_ns"] == 9_000_000_000  # the final reading

@@ -143,6 +143,65 @@ def test_tap_counters_swapped_and_fd_mac_from_libvirt_json(host):
         "tx_bytes": 1, "tx_packets": 2, "tx_errors": 3, "tx_drops": 4}]
 
 
+def test_tap_counters_from_one_net_dev_read_per_sweep(host):
+    host.process(700, "qemu", ["qemu"], exe=QEMU,
+                 fds={**KVM_FDS, 7: "/dev/net/tun"})
+    host.tap(700, 7, "vnet0", {"rx_bytes": 1, "tx_bytes": 2})
+    with prober_for(host) as p:
+        p.discover()
+        _, s = only_sample(p)
+        assert (s["nics"][0]["rx_bytes"], s["nics"][0]["tx_bytes"]) == (2, 1)
+        # sysfs statistics/ is no longer read: only net/dev counts
+        (host.sys / "class/net/vnet0/statistics/tx_bytes").write_text("99\n")
+        host.net_devs["vnet0"] = {"rx_bytes": 10, "tx_bytes": 20}
+        host.write_net_dev()
+        _, s = only_sample(p)
+        assert (s["nics"][0]["rx_bytes"], s["nics"][0]["tx_bytes"]) == \
+            (20, 10)
+
+
+def test_tap_gone_from_net_dev_is_left_out_and_looked_at_again(host):
+    host.process(700, "qemu", ["qemu"], exe=QEMU,
+                 fds={**KVM_FDS, 7: "/dev/net/tun"})
+    host.tap(700, 7, "vnet0", {"rx_bytes": 1})
+    with prober_for(host) as p:
+        [vm] = p.discover()
+        assert [n.name for n in vm.nics] == ["vnet0"]
+        del host.net_devs["vnet0"]
+        host.write_net_dev()
+        _, s = only_sample(p)
+        assert s["nics"] == []
+        # the layout is looked at again: the tap is still in sysfs here
+        p.discover()
+        assert [n.name for n in p.vms()[0].nics] == ["vnet0"]
+
+
+def test_disk_is_the_file_opened_at_discovery_until_the_rescan(host,
+                                                               tmp_path):
+    first, second = tmp_path / "a.raw", tmp_path / "b.raw"
+    first.write_bytes(b"\0" * 4096)
+    second.write_bytes(b"\0" * 8192)
+    host.process(800, "qemu", ["qemu"], exe=QEMU,
+                 fds={**KVM_FDS, 10: str(first)})
+    with Prober("h1", procfs_root=str(host.proc), sysfs_root=str(host.sys),
+                debugfs_root=str(host.debug), rescan_s=3600) as p:
+        p.discover()
+        # the fd number now names another file: fstat of the O_PATH fd
+        # still sees the first one, a stat() by path would not
+        os.unlink(host.proc / "800/fd/10")
+        os.symlink(second, host.proc / "800/fd/10")
+        _, s = only_sample(p)
+        assert s["disks"][0]["path"] == str(first)
+        assert s["disks"][0]["capacity_bytes"] == 4096
+        p.rescan_s = 0  # the rescan looks at the fds again
+        p.discover()
+        _, s = only_sample(p)
+        assert [d["path"] for d in s["disks"]] == [str(second)]
+        assert s["disks"][0]["capacity_bytes"] == 8192
+        assert [(old.disks[0].path, new.disks[0].path)
+                for old, new in p.changes()] == [(str(first), str(second))]
+
+
 def test_tap_missing_from_this_sysfs_is_left_out(host):
     host.process(700, "qemu", ["qemu"], exe=QEMU,
                  fds={**KVM_FDS, 7: "/dev/net/tun"})

@@ -166,3 +166,52 @@ def test_cmdline_split_keeps_invalid_bytes_and_display_escapes_them():
 
 def test_cmdline_of_kernel_thread_is_empty():
     assert procfs.split_cmdline(b"") == []
+
+
+# /proc/net/dev as Linux 6.18 prints it (net/core/net-procfs.c), with a tap
+# whose name fills the column (no space before its colon) and a 15-character
+# one; counters edited to be distinct.
+NET_DEV = (
+    b"Inter-|   Receive                                                |"
+    b"  Transmit\n"
+    b" face |bytes    packets errs drop fifo frame compressed multicast|"
+    b"bytes    packets errs drop fifo colls carrier compressed\n"
+    b"    lo: 18877273302 5486236    0    0    0     0          0         0"
+    b" 18877273302 5486236    0    0    0     0       0          0\n"
+    b"vnet12:     1000      10    1    2    3     4          5         6"
+    b"     2000      20    7    8    9    10      11         12\n"
+    b"vmb1234x10abcde: 18446744073709551615 1 0 0 0 0 0 0 3 4 0 5 0 0 0 0\n"
+)
+
+
+def test_net_dev_counters_by_interface():
+    out = procfs.parse_net_dev(NET_DEV)
+    assert list(out) == ["lo", "vnet12", "vmb1234x10abcde"]
+    assert out["vnet12"] == {
+        "rx_bytes": 1000, "rx_packets": 10, "rx_errors": 1, "rx_dropped": 2,
+        "tx_bytes": 2000, "tx_packets": 20, "tx_errors": 7, "tx_dropped": 8}
+    long = out["vmb1234x10abcde"]
+    assert (long["rx_bytes"], long["tx_bytes"], long["tx_dropped"]) == \
+        (2**64 - 1, 3, 5)
+
+
+def test_net_dev_only_the_names_asked_for():
+    assert list(procfs.parse_net_dev(NET_DEV, {"vnet12", "gone0"})) == \
+        ["vnet12"]
+    assert procfs.parse_net_dev(NET_DEV, set()) == {}
+
+
+def test_net_dev_headers_only_is_no_interface():
+    assert procfs.parse_net_dev(b"".join(NET_DEV.splitlines(True)[:2])) == {}
+
+
+@pytest.mark.parametrize("text", [
+    b"",
+    NET_DEV.split(b"\n", 2)[2],                           # no header
+    NET_DEV.replace(b"vnet12:", b"vnet12 "),              # no colon
+    NET_DEV.replace(b" 11         12\n", b" 11\n"),       # 15 numbers
+    NET_DEV.replace(b"     2000", b"     -200"),          # not a number
+])
+def test_net_dev_refuses_anything_else(text):
+    with pytest.raises(ValueError, match="net/dev"):
+        procfs.parse_net_dev(text)

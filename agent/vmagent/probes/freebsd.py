@@ -199,7 +199,7 @@ class Prober:
                 cpu["guest_ns"] = sum(guest)
         resident = stats.get(0, {}).get(bhyve.RESIDENT)
         out: dict[str, Any] = {
-            "vm": vm.ref.as_record(), "cpu": cpu,
+            "vm": vm.record(), "cpu": cpu,
             "mem": {"rss_bytes": resident if resident is not None
                     else proc.rss_bytes},
             "nics": self._nics(vm),

@@ -82,6 +82,50 @@ def parse_schedstat(text: bytes | str) -> tuple[int, int, int]:
     return s.run_ns, s.wait_ns, s.timeslices
 
 
+_NET_DEV_HEADER = b"Inter-|"
+
+
+def parse_net_dev(text: bytes,
+                  names: frozenset[str] | set[str] | None = None,
+                  ) -> dict[str, dict[str, int]]:
+    """``/proc/net/dev``: the host-view counters of each interface (of
+    ``names`` only when given), keyed by name, each under its sysfs
+    ``statistics/`` name (``rx_bytes`` ... ``tx_dropped``).
+
+    Two header lines, then one line an interface (torvalds/linux:net/core/
+    net-procfs.c, dev_seq_printf_stats): ``name:`` and sixteen numbers, eight
+    received (bytes packets errs drop fifo frame compressed multicast) and
+    eight sent (bytes packets errs drop fifo colls carrier compressed).  They
+    come from ``dev_get_stats()``, like sysfs ``statistics/``; the received
+    ``drop`` is ``rx_dropped + rx_missed_errors`` (tun/tap never counts the
+    latter).  A name never holds ``:`` or spaces (``dev_valid_name``), and a
+    long one leaves no space before its colon.  ``ValueError`` on anything
+    else.
+    """
+    lines = text.split(b"\n")
+    if len(lines) < 2 or not lines[0].startswith(_NET_DEV_HEADER):
+        raise ValueError(f"not /proc/net/dev: {text[:80]!r}")
+    out = {}
+    for line in lines[2:]:
+        raw, sep, rest = line.partition(b":")
+        if not sep:
+            if line.strip():
+                raise ValueError(f"bad /proc/net/dev line: {line[:80]!r}")
+            continue
+        name = raw.strip().decode("utf-8", "surrogateescape")
+        if names is not None and name not in names:
+            continue
+        f = rest.split()
+        if len(f) != 16 or not all(x.isdigit() for x in f):
+            raise ValueError(f"bad /proc/net/dev line: {line[:80]!r}")
+        out[name] = {
+            "rx_bytes": int(f[0]), "rx_packets": int(f[1]),
+            "rx_errors": int(f[2]), "rx_dropped": int(f[3]),
+            "tx_bytes": int(f[8]), "tx_packets": int(f[9]),
+            "tx_errors": int(f[10]), "tx_dropped": int(f[11])}
+    return out
+
+
 def parse_fdinfo(text: str) -> dict[str, str]:
     """``/proc/<pid>/fdinfo/<fd>`` as a dict (first value of each key).
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +13,20 @@ from vmagent.log import get_logger
 #: ``nics``, ``io``, ``disks`` and, where readable, ``kvm``.  Quantities are
 #: ints.
 Sample = dict[str, Any]
+
+#: A Linux tap's counters in the guest's view (``nics`` of a sample) from
+#: its host-view counters (sysfs ``statistics/`` names): what the guest
+#: received is what the tap transmitted.  The one place the swap is written:
+#: the prober's samples and a tap's final counters (links.py) both use it.
+TAP_GUEST_VIEW = {"rx_bytes": "tx_bytes", "rx_packets": "tx_packets",
+                  "rx_errors": "tx_errors", "rx_drops": "tx_dropped",
+                  "tx_bytes": "rx_bytes", "tx_packets": "rx_packets",
+                  "tx_errors": "rx_errors", "tx_drops": "rx_dropped"}
+
+
+def tap_guest_view(host: Mapping[str, int]) -> dict[str, int]:
+    """The guest-view counters of a tap from its host-view ones."""
+    return {guest: int(host[h]) for guest, h in TAP_GUEST_VIEW.items()}
 
 
 @dataclass(frozen=True)
@@ -80,6 +95,11 @@ class VM:
     vhost_pids: tuple[int, ...] = ()
     kvm_stats: tuple[tuple[str, str], ...] = ()  # (name, debugfs path)
     complete: bool = True  # False: vCPU threads still missing, look again
+
+    def record(self) -> dict[str, Any]:
+        """The ``vm`` map of every VM record: who it is, and when its
+        process started (Unix ns, to a tick): where billed time begins."""
+        return {**self.ref.as_record(), "started_ns": self.start_ns}
 
 
 @dataclass
