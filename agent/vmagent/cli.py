@@ -333,9 +333,7 @@ def cmd_vms(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         print("vmagent: warning: not running as root, so the VMs of other "
               "users cannot be seen", file=sys.stderr)
-    with Prober(host_id, procfs_root=cfg.probes.procfs,
-                sysfs_root=cfg.probes.sysfs,
-                debugfs_root=cfg.probes.debugfs) as prober:
+    with Prober(host_id, cfg.probes) as prober:
         prober.discover()
         sweep = prober.sample()
     rows = [{**sample, "pid": vm.pid} for vm, sample in sweep.samples]

@@ -70,10 +70,7 @@ class Agent:
         # called (in the sweep thread, lock released) after each sweep's
         # commit attempt: the API server wakes its long-polls from here
         self.commit_listeners: list[Callable[[], None]] = []
-        self.prober = Prober(self.host_id, procfs_root=cfg.probes.procfs,
-                             sysfs_root=cfg.probes.sysfs,
-                             debugfs_root=cfg.probes.debugfs,
-                             rescan_s=cfg.probes.rescan_s)
+        self.prober = Prober(self.host_id, cfg.probes)
         self.boot_id = self.prober.boot_id
         self.wal = Wal(state / "wal", host=self.host_id, key=self.key,
                        consumers=self._consumers(),

@@ -127,7 +127,7 @@ def save_vms(state_dir: Path, vms: Iterable[VM],
     """The running VM gens and when each was last seen running, so that a
     restart can tell which ended (and after when)."""
     doc = {vm.ref.gen: {"ref": vm.ref.as_record(), "pid": vm.pid,
-                        "start_ticks": vm.start_ticks,
+                        "start_mark": vm.start_mark,
                         "start_ns": vm.start_ns, "comm": vm.comm,
                         "uid": vm.uid, "seen_ns": seen_ns.get(vm.ref.gen)}
            for vm in vms}
@@ -138,7 +138,8 @@ def load_vms(state_dir: Path) -> dict[str, Previous]:
     try:
         doc = json.loads((state_dir / VMS_FILE).read_text())
         return {gen: Previous(VM(
-            ref=VMRef(**d["ref"]), pid=d["pid"], start_ticks=d["start_ticks"],
+            ref=VMRef(**d["ref"]), pid=d["pid"],
+            start_mark=d.get("start_mark", d.get("start_ticks")),
             start_ns=d["start_ns"], comm=d["comm"], uid=d["uid"], vcpus=None,
             alloc_bytes=None), d.get("seen_ns")) for gen, d in doc.items()}
     except (OSError, ValueError, KeyError, TypeError):

@@ -186,7 +186,7 @@ def test_restarted_vm_keeps_uuid_and_gets_a_new_gen(prober, guests, tmp_path):
     vm2 = wait_for_vm(prober, second.pid)
     assert vm2.ref.uuid == vm1.ref.uuid == uuid
     assert vm2.ref.gen != vm1.ref.gen
-    assert vm2.ref.gen.endswith(f"-{second.pid}-{vm2.start_ticks}")
+    assert vm2.ref.gen.endswith(f"-{second.pid}-{vm2.start_mark}")
 
 
 def test_vm_without_uuid_gets_the_same_derived_uuid_after_restart(

@@ -92,7 +92,7 @@ def test_a_file_of_garbage_is_never_read_as_records(tmp_path):
 
 def vm(pid, start_s, comm="qemu-system-x86", uid=0, name="v"):
     return VM(ref=VMRef(f"u-{name}", name, f"g-{name}", "kvm"), pid=pid,
-              start_ticks=0, start_ns=int(start_s * 1e9), comm=comm, uid=uid,
+              start_mark=0, start_ns=int(start_s * 1e9), comm=comm, uid=uid,
               vcpus=None, alloc_bytes=None)
 
 

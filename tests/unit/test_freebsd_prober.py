@@ -19,6 +19,7 @@ from unit.test_bhyve_decoders import (
     stats13,
     stats14,
 )
+from vmagent.config import ProbesConfig
 from vmagent.identity import derived_vm_uuid
 from vmagent.probes import bhyve, freebsd
 from vmagent.probes.freebsd_kernel import Proc, Thread
@@ -181,7 +182,7 @@ def test_a_bhyve_process_without_a_vmm_device_is_no_vm(kernel):
 
 
 def test_a_hotplugged_tap_is_a_change(kernel):
-    with freebsd.Prober("h1", rescan_s=0) as p:
+    with freebsd.Prober("h1", ProbesConfig(rescan_s=0)) as p:
         p.discover()
         kernel.files[700] += kinfo_file(6, "/dev/tap9")
         p.discover()

@@ -17,7 +17,7 @@ from vmagent.probes.types import VM, VMRef
 
 def vm(name: str, pid: int) -> VM:
     return VM(ref=VMRef(f"u-{name}", name, f"g-{name}", "kvm"), pid=pid,
-              start_ticks=100, start_ns=10**18, comm="qemu-system-x86",
+              start_mark=100, start_ns=10**18, comm="qemu-system-x86",
               uid=0, vcpus=2, alloc_bytes=1 << 30)
 
 

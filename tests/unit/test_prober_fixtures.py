@@ -9,6 +9,7 @@ import time
 import pytest
 
 from unit.fake_procfs import BOOT_ID, FakeHost
+from vmagent.config import ProbesConfig
 from vmagent.identity import derived_vm_uuid
 from vmagent.probes.linux import NS_PER_TICK, Prober
 
@@ -22,8 +23,12 @@ def host(tmp_path):
 
 
 def prober_for(host: FakeHost) -> Prober:
-    return Prober("h1", procfs_root=str(host.proc), sysfs_root=str(host.sys),
-                  debugfs_root=str(host.debug))
+    return Prober("h1", options_for(host))
+
+
+def options_for(host: FakeHost, **kw) -> ProbesConfig:
+    return ProbesConfig(procfs=str(host.proc), sysfs=str(host.sys),
+                        debugfs=str(host.debug), **kw)
 
 
 def only_sample(prober):
@@ -183,8 +188,7 @@ def test_disk_is_the_file_opened_at_discovery_until_the_rescan(host,
     second.write_bytes(b"\0" * 8192)
     host.process(800, "qemu", ["qemu"], exe=QEMU,
                  fds={**KVM_FDS, 10: str(first)})
-    with Prober("h1", procfs_root=str(host.proc), sysfs_root=str(host.sys),
-                debugfs_root=str(host.debug), rescan_s=3600) as p:
+    with Prober("h1", options_for(host, rescan_s=3600)) as p:
         p.discover()
         # the fd number now names another file: fstat of the O_PATH fd
         # still sees the first one, a stat() by path would not
@@ -303,7 +307,7 @@ def test_a_process_younger_than_the_settle_time_is_looked_at_later(host):
 def test_a_bug_in_one_vms_sampling_is_counted_and_named_unexpected():
     from vmagent.probes.types import VM, Sweep, VMRef
 
-    vm = VM(ref=VMRef("u", "n", "g", "kvm"), pid=1, start_ticks=0,
+    vm = VM(ref=VMRef("u", "n", "g", "kvm"), pid=1, start_mark=0,
             start_ns=0, comm="qemu", uid=0, vcpus=None, alloc_bytes=None)
     sweep = Sweep()
     sweep.fail(vm, OSError(5, "Input/output error"))

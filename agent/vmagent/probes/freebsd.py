@@ -17,10 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from vmagent.config import ProbesConfig
 from vmagent.identity import derived_vm_uuid
 from vmagent.probes import bhyve
 from vmagent.probes.freebsd_kernel import Kernel, Proc, Thread, native_kernel
 from vmagent.probes.types import (
+    DEFAULTS,
     VM,
     Disk,
     Nic,
@@ -52,17 +54,14 @@ class Prober:
     #: Where kernel data comes from; tests put a fake here.
     _kernel_factory: Callable[[], Kernel] = staticmethod(native_kernel)
 
-    # the Linux Prober's signature (tests/unit/test_contracts.py); the
-    # filesystem roots mean nothing on FreeBSD
-    def __init__(self, host_id: str, *,
-                 procfs_root: str = "/proc",  # noqa: ARG002
-                 sysfs_root: str = "/sys",  # noqa: ARG002
-                 debugfs_root: str = "/sys/kernel/debug",  # noqa: ARG002
-                 rescan_s: float = 60.0) -> None:
+    # the Linux Prober's signature (tests/unit/test_contracts.py); of the
+    # options only ``rescan_s`` means something here (no filesystem roots)
+    def __init__(self, host_id: str,
+                 options: ProbesConfig = DEFAULTS) -> None:
         self.host_id = host_id
         # through the class: a fake put there is a function, not a method
         self.kernel = type(self)._kernel_factory()  # noqa: SLF001
-        self.rescan_s = rescan_s
+        self.rescan_s = options.rescan_s
         self._boot = self.kernel.boot_time_us()
         self.boot_id = str(self._boot)  # kern.boottime: this boot, in µs
         self._seen: set[int] = set()
@@ -101,7 +100,7 @@ class Prober:
         for pid, m in list(self._metered.items()):
             try:
                 proc = self.kernel.process(pid)
-                if proc is not None and proc.start_us == m.vm.start_ticks:
+                if proc is not None and proc.start_us == m.vm.start_mark:
                     # a zombie's counters are its final ones: the last sample
                     sweep.samples.append((m.vm, self._record(m, proc,
                                                              devstat)))
@@ -116,7 +115,7 @@ class Prober:
     def _gone(self, pid: int, m: _Metered) -> None:
         del self._metered[pid]
         self._seen.discard(pid)
-        self.kernel.forget(dict(m.vm.kvm_stats)["vmm"])
+        self.kernel.forget(_vmm(m.vm))
 
     def vms(self) -> list[VM]:
         return [m.vm for m in self._metered.values()]
@@ -153,20 +152,20 @@ class Prober:
         return VM(
             ref=VMRef(uuid, name, f"{self.boot_id}-{proc.pid}-"
                       f"{proc.start_us}", "bhyve"),
-            pid=proc.pid, start_ticks=proc.start_us,
+            pid=proc.pid, start_mark=proc.start_us,
             start_ns=proc.start_us * 1000, comm=proc.comm, uid=proc.uid,
             vcpus=len(threads) or None,
             alloc_bytes=self.kernel.sysmem_bytes(files.vm),
             nics=tuple(Nic(n, None) for n in files.nics), disks=disks,
             vcpu_threads=tuple(threads),
-            kvm_stats=(("vmm", files.vm),))
+            vmm=files.vm)
 
     def _disk(self, path: str) -> Disk:
         """A disk device's size is read once (as on Linux); an image file's
         size and allocation on every sample."""
         device = bhyve.geom_name(path)
         size = self.kernel.file_size(path) if device else None
-        return Disk(path, -1, 0, 0, size[0] if size else None, device)
+        return Disk(path, None, 0, 0, size[0] if size else None, device)
 
     def _rescan(self, procs: dict[int, Proc]) -> None:
         for pid, m in self._metered.items():
@@ -230,7 +229,7 @@ class Prober:
         """Named VM_STATS per vCPU id, re-read at most every 10 s."""
         if time.monotonic() - m.stats_at < VM_STATS_EVERY_S and m.stats:
             return m.stats
-        name = dict(m.vm.kvm_stats)["vmm"]
+        name = _vmm(m.vm)
         try:
             for t in m.vm.vcpu_threads:  # never ids beyond the real vCPUs
                 m.stats[t.id] = self._one_vcpu(m, name, t.id)
@@ -329,3 +328,9 @@ def _sum(maps: Any) -> dict[str, int]:
         for k, v in m.items():
             total[k] = total.get(k, 0) + v
     return total
+
+
+def _vmm(vm: VM) -> str:
+    """The VM's /dev/vmm name (every bhyve VM is found by it)."""
+    assert vm.vmm is not None
+    return vm.vmm

@@ -17,11 +17,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from vmagent.config import ProbesConfig
 from vmagent.identity import derived_vm_uuid, read_boot_id
 from vmagent.probes import argv as argv_mod
 from vmagent.probes import procfs
 from vmagent.probes._native import ffi, lib
 from vmagent.probes.types import (
+    DEFAULTS,
     VM,
     Disk,
     Nic,
@@ -117,17 +119,15 @@ class Prober:
     Every filesystem root is a parameter so tests can point them elsewhere.
     """
 
-    def __init__(self, host_id: str, *, procfs_root: str = "/proc",
-                 sysfs_root: str = "/sys",
-                 debugfs_root: str = "/sys/kernel/debug",
-                 rescan_s: float = 60.0) -> None:
+    def __init__(self, host_id: str,
+                 options: ProbesConfig = DEFAULTS) -> None:
         self.host_id = host_id
-        self.rescan_s = rescan_s  # every VM's layout looked at again
+        self.rescan_s = options.rescan_s  # every VM's layout looked again
         self._rescanned = time.monotonic()
         self._changes: list[tuple[VM, VM]] = []
-        self.procfs = procfs_root
-        self.sysfs = sysfs_root
-        self.debugfs = debugfs_root
+        self.procfs = procfs_root = options.procfs
+        self.sysfs = options.sysfs
+        self.debugfs = options.debugfs
         self.boot_id = read_boot_id(procfs_root)
         # wall-clock time of boot: starttime ticks count from here
         self._boot_ns = time.time_ns() - time.clock_gettime_ns(
@@ -183,7 +183,7 @@ class Prober:
                     self._forget(pid)
                     sweep.gone.append(m.vm)
                     continue
-                if m.reading.stat.starttime != m.vm.start_ticks:
+                if m.reading.stat.starttime != m.vm.start_mark:
                     self._forget(pid)  # the pid names another process now
                     sweep.gone.append(m.vm)
                     continue
@@ -253,7 +253,7 @@ class Prober:
         if not complete and self._age_s(stat.starttime) > LAYOUT_GRACE_S:
             complete = True  # accept what there is rather than look forever
         return VM(
-            ref=ref, pid=pid, start_ticks=stat.starttime,
+            ref=ref, pid=pid, start_mark=stat.starttime,
             start_ns=self._boot_ns + stat.starttime * NS_PER_TICK,
             comm=stat.comm, uid=_real_uid(pdir),
             vcpus=qemu.vcpus, alloc_bytes=qemu.mem_bytes,
@@ -342,9 +342,9 @@ class Prober:
         return tuple((n, f"{kdir}/{n}") for n in KVM_STATS
                      if _read_int(f"{kdir}/{n}") is not None)
 
-    def _age_s(self, start_ticks: int) -> float:
+    def _age_s(self, start_mark: int) -> float:
         return time.clock_gettime(time.CLOCK_BOOTTIME) - \
-            start_ticks * NS_PER_TICK / 1e9
+            start_mark * NS_PER_TICK / 1e9
 
     def _attach_vhosts(self, vhosts: list[tuple[int, int]]) -> None:
         for kpid, owner in vhosts:
@@ -360,7 +360,7 @@ class Prober:
                 continue
             pdir = f"{self.procfs}/{pid}"
             stat = _read_stat(pdir)
-            if stat is None or stat.starttime != m.vm.start_ticks:
+            if stat is None or stat.starttime != m.vm.start_mark:
                 continue  # sample() will report it gone
             links = _fd_links(pdir)
             vm_fd = next((fd for fd, link in links.items()

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmagent.config import ProbesConfig
 from vmagent.errors import ProbeError
 from vmagent.log import get_logger
 
@@ -28,6 +29,10 @@ def tap_guest_view(host: Mapping[str, int]) -> dict[str, int]:
     """The guest-view counters of a tap from its host-view ones."""
     return {guest: int(host[h]) for guest, h in TAP_GUEST_VIEW.items()}
 
+
+#: The probes' options, ``[probes]`` of the config: filesystem roots (Linux)
+#: and how often every VM is looked at again.  One object for both probers.
+DEFAULTS = ProbesConfig()
 
 @dataclass(frozen=True)
 class VMRef:
@@ -60,7 +65,7 @@ class Disk:
     """A backing file or block device the VM's process holds open."""
 
     path: str
-    fd: int
+    fd: int | None  # Linux: its fd number in the process; FreeBSD: None
     dev: int  # st_dev and st_ino, to notice a reused fd number
     ino: int
     capacity_bytes: int | None  # None: the file's size is the capacity
@@ -82,7 +87,10 @@ class VM:
 
     ref: VMRef
     pid: int
-    start_ticks: int  # the process's start, in the kernel's own clock
+    # the process's start as its kernel stamps it, to tell a reused pid:
+    # Linux clock ticks since boot (/proc/<pid>/stat field 22), FreeBSD
+    # ki_start in microseconds; compared only with the same kernel's stamp
+    start_mark: int
     start_ns: int  # the same as Unix ns (for matching accounting records)
     comm: str  # the process's command name (as accounting records it)
     uid: int | None  # the real uid (FreeBSD accounting matches on it)
@@ -94,6 +102,7 @@ class VM:
     # vhost kernel threads outside the process
     vhost_pids: tuple[int, ...] = ()
     kvm_stats: tuple[tuple[str, str], ...] = ()  # (name, debugfs path)
+    vmm: str | None = None  # FreeBSD: the VM's /dev/vmm name
     complete: bool = True  # False: vCPU threads still missing, look again
 
     def record(self) -> dict[str, Any]:
