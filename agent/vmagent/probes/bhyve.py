@@ -12,6 +12,7 @@ from typing import Any
 
 from vmagent.errors import ProbeError
 from vmagent.probes._native import ffi, lib
+from vmagent.probes.types import tap_guest_view
 
 LAYOUT_14, LAYOUT_13 = lib.VMPROBE_VM_STATS_14, lib.VMPROBE_VM_STATS_13
 KF_TYPE_VNODE = 1  # sys/sys/user.h
@@ -90,13 +91,18 @@ def decode_if_data(data: bytes) -> dict[str, int]:
                                        "iqdrops", "oqdrops")}
 
 
+#: struct if_data's counters under a Linux tap's host-view names
+IF_DATA_AS_HOST = {"rx_bytes": "ibytes", "rx_packets": "ipackets",
+                   "rx_errors": "ierrors", "rx_dropped": "iqdrops",
+                   "tx_bytes": "obytes", "tx_packets": "opackets",
+                   "tx_errors": "oerrors", "tx_dropped": "oqdrops"}
+
+
 def guest_view(name: str, host: dict[str, int]) -> dict[str, Any]:
-    """A bhyve NIC record: what the guest sent is the tap's input."""
-    return {"name": name,
-            "rx_bytes": host["obytes"], "rx_packets": host["opackets"],
-            "rx_errors": host["oerrors"], "rx_drops": host["oqdrops"],
-            "tx_bytes": host["ibytes"], "tx_packets": host["ipackets"],
-            "tx_errors": host["ierrors"], "tx_drops": host["iqdrops"]}
+    """A bhyve NIC record: what the guest sent is the tap's input (the
+    one swap, ``types.tap_guest_view``)."""
+    return {"name": name, **tap_guest_view(
+        {k: host[v] for k, v in IF_DATA_AS_HOST.items()})}
 
 
 @dataclass(frozen=True)
