@@ -20,6 +20,7 @@ from typing import Any
 from vmagent.config import ProbesConfig
 from vmagent.identity import derived_vm_uuid
 from vmagent.probes import bhyve
+from vmagent.probes.base import ProberBase
 from vmagent.probes.freebsd_kernel import Kernel, Proc, Thread, native_kernel
 from vmagent.probes.types import (
     DEFAULTS,
@@ -48,7 +49,7 @@ class _Metered:
     stats_at: float = 0.0
 
 
-class Prober:
+class Prober(ProberBase["_Metered"]):
     """Finds and meters the bhyve VMs of one FreeBSD host."""
 
     #: Where kernel data comes from; tests put a fake here.
@@ -58,16 +59,11 @@ class Prober:
     # options only ``rescan_s`` means something here (no filesystem roots)
     def __init__(self, host_id: str,
                  options: ProbesConfig = DEFAULTS) -> None:
-        self.host_id = host_id
+        super().__init__(host_id, options)
         # through the class: a fake put there is a function, not a method
         self.kernel = type(self)._kernel_factory()  # noqa: SLF001
-        self.rescan_s = options.rescan_s
         self._boot = self.kernel.boot_time_us()
         self.boot_id = str(self._boot)  # kern.boottime: this boot, in µs
-        self._seen: set[int] = set()
-        self._metered: dict[int, _Metered] = {}
-        self._changes: list[tuple[VM, VM]] = []
-        self._rescanned = time.monotonic()
         self._geom: dict[str, int] = {}  # GEOM provider name -> devstat id
         self._geom_asked: set[str] = set()  # the names it was read for
 
@@ -84,8 +80,7 @@ class Prober:
             if vm is not None:
                 self._metered[pid] = _Metered(vm)
                 new.append(vm)
-        if time.monotonic() - self._rescanned >= self.rescan_s:
-            self._rescanned = time.monotonic()
+        if self._rescan_due():
             self._rescan(procs)
         devices = {d.block_device for m in self._metered.values()
                    for d in m.vm.disks if d.block_device}
@@ -116,23 +111,6 @@ class Prober:
         del self._metered[pid]
         self._seen.discard(pid)
         self.kernel.forget(_vmm(m.vm))
-
-    def vms(self) -> list[VM]:
-        return [m.vm for m in self._metered.values()]
-
-    def changes(self) -> list[tuple[VM, VM]]:
-        out, self._changes = self._changes, []
-        return out
-
-    def close(self) -> None:
-        self._metered.clear()
-        self._seen.clear()
-
-    def __enter__(self) -> Prober:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # --- discovery --------------------------------------------------------
 

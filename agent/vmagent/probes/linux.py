@@ -22,6 +22,7 @@ from vmagent.identity import derived_vm_uuid, read_boot_id
 from vmagent.probes import argv as argv_mod
 from vmagent.probes import procfs
 from vmagent.probes._native import ffi, lib
+from vmagent.probes.base import ProberBase
 from vmagent.probes.types import (
     DEFAULTS,
     VM,
@@ -113,7 +114,7 @@ class _Defer(Exception):
     """The process is not ready to be examined; look again next time."""
 
 
-class Prober:
+class Prober(ProberBase["_Metered"]):
     """Finds and meters the VMs of one Linux host.
 
     Every filesystem root is a parameter so tests can point them elsewhere.
@@ -121,10 +122,7 @@ class Prober:
 
     def __init__(self, host_id: str,
                  options: ProbesConfig = DEFAULTS) -> None:
-        self.host_id = host_id
-        self.rescan_s = options.rescan_s  # every VM's layout looked again
-        self._rescanned = time.monotonic()
-        self._changes: list[tuple[VM, VM]] = []
+        super().__init__(host_id, options)
         self.procfs = procfs_root = options.procfs
         self.sysfs = options.sysfs
         self.debugfs = options.debugfs
@@ -132,8 +130,6 @@ class Prober:
         # wall-clock time of boot: starttime ticks count from here
         self._boot_ns = time.time_ns() - time.clock_gettime_ns(
             time.CLOCK_BOOTTIME)
-        self._seen: set[int] = set()
-        self._metered: dict[int, _Metered] = {}
         self._net_dev = _NetDevFile(f"{procfs_root}/net/dev")
 
     # --- public API (the same names on every platform) -------------------
@@ -159,18 +155,11 @@ class Prober:
             elif isinstance(found, tuple):
                 vhosts.append(found)
         self._attach_vhosts(vhosts)
-        if time.monotonic() - self._rescanned >= self.rescan_s:
-            self._rescanned = time.monotonic()
+        if self._rescan_due():
             for m in self._metered.values():  # hotplug leaves no error
                 m.stale = True
         self._refresh_stale()
         return new
-
-    def changes(self) -> list[tuple[VM, VM]]:
-        """(before, after) of VMs whose vCPUs, memory, NICs or disks
-        changed since the last call (hotplug)."""
-        out, self._changes = self._changes, []
-        return out
 
     def sample(self) -> Sweep:
         """Read every known VM once; VMs that exited are in ``gone``."""
@@ -192,23 +181,12 @@ class Prober:
                 sweep.fail(m.vm, err)
         return sweep
 
-    def vms(self) -> list[VM]:
-        """The VMs being metered now."""
-        return [m.vm for m in self._metered.values()]
-
     def close(self) -> None:
         """Close every cached fd."""
         for m in self._metered.values():
             m.close()
-        self._metered.clear()
-        self._seen.clear()
+        super().close()
         self._net_dev.close()
-
-    def __enter__(self) -> Prober:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # --- discovery --------------------------------------------------------
 
