@@ -264,31 +264,14 @@ class Wal:
         were kept in memory instead (cap, full disk or I/O error).
         ``over_cap``: write even past ``max_bytes`` (the last frame at a
         stop, which holds what was kept in memory)."""
-        carried = list(self.pending_gaps)
-        if self.coalescer:
-            carried += self.coalescer.records(self.host, self.clock())
-        todo = carried + records
+        todo = self._carried() + records
         if not todo:
             return None
-        first = self.next_seq
-        # every record names the signing host: verifiers take it from there
-        pack = self._packer.pack  # autoreset off: one buffer, no joins
-        for i, r in enumerate(todo):
-            pack({**r, "seq": first + i, "host": self.host})
-        body = self._packer.bytes()
-        self._packer.reset()
-        last = first + len(todo) - 1
-        frame = self._frame(first, last, body, bool(self.pending_gaps))
+        first, last = self.next_seq, self.next_seq + len(todo) - 1
+        frame = self._frame(first, last, self._pack(todo, first),
+                            bool(self.pending_gaps))
         data = fmt.encode_frame(frame)
-        self._delete_acked()
-        if not over_cap and self._bytes() + len(data) + \
-                fmt.SEGMENT_HEADER_SIZE > self.max_bytes:
-            self._keep(records, "the WAL is at max_bytes")
-            return None
-        try:
-            self._ensure_segment(len(data))
-        except OSError as err:  # nothing written: the seqs stay unused
-            self._keep(records, f"cannot start a segment: {err.strerror}")
+        if not self._room_for(len(data), records, over_cap):
             return None
         assert self._fd is not None
         seg = self._segments[-1]
@@ -300,16 +283,55 @@ class Wal:
             return None
         finally:  # before anything is served: these seqs are taken
             self.high_water.advance(last)
-        self._add_entry(_Entry(first, last, seg.path, seg.size, len(data)))
-        seg.size += len(data)
-        self.next_seq, self.last_hash = last + 1, frame.hash
+        self._written(seg, _Entry(first, last, seg.path, seg.size,
+                                  len(data)), frame.hash)
+        return first, last
+
+    def _carried(self) -> list[Record]:
+        """What earlier commits could not write: gap records, and the
+        sweeps kept while coalescing."""
+        out = list(self.pending_gaps)
+        if self.coalescer:
+            out += self.coalescer.records(self.host, self.clock())
+        return out
+
+    def _pack(self, todo: list[Record], first: int) -> bytes:
+        # every record names the signing host: verifiers take it from there
+        pack = self._packer.pack  # autoreset off: one buffer, no joins
+        for i, r in enumerate(todo):
+            pack({**r, "seq": first + i, "host": self.host})
+        body = self._packer.bytes()
+        self._packer.reset()
+        return body
+
+    def _room_for(self, size: int, records: list[Record],
+                  over_cap: bool) -> bool:
+        """Whether a frame of ``size`` bytes can be written now (within
+        the cap, in a segment that exists); if not, ``records`` are kept."""
+        self._delete_acked()
+        if not over_cap and self._bytes() + size + \
+                fmt.SEGMENT_HEADER_SIZE > self.max_bytes:
+            self._keep(records, "the WAL is at max_bytes")
+            return False
+        try:
+            self._ensure_segment(size)
+        except OSError as err:  # nothing written: the seqs stay unused
+            self._keep(records, f"cannot start a segment: {err.strerror}")
+            return False
+        return True
+
+    def _written(self, seg: _Segment, entry: _Entry,
+                 frame_hash: bytes) -> None:
+        """A frame is durable: serve it, and forget what it carried."""
+        self._add_entry(entry)
+        seg.size += entry.size
+        self.next_seq, self.last_hash = entry.last_seq + 1, frame_hash
         self.pending_gaps.clear()
         if self.coalescer:
             self.log.warning("wal_coalesced_written",
                              sweeps=self.coalescer.sweeps,
                              samples=len(self.coalescer.samples))
             self.coalescer = Coalescer()
-        return first, last
 
     def _frame(self, first: int, last: int, body: bytes,
                has_gap: bool) -> fmt.Frame:
