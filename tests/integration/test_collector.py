@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from integration.agent_process import free_port
 from integration.conftest import wait_until
 from vmagent.collector import ChainState, verify_batch
 from vmagent.collector.store import connect
@@ -28,6 +29,9 @@ class CollectorProcess:
         self.workdir, self.state = workdir, workdir / "cstate"
         self.config = workdir / "collector.toml"
         self.store = store
+        self.listen = free_port()  # GET /metrics, GET /v1/status
+        if "listen =" not in extra:
+            extra += f'listen = "127.0.0.1:{self.listen}"\n'
         text = (f'[collector]\nstate_dir = "{self.state}"\n'
                 f'store = "{store}"\npull_interval = "{interval}"\n{extra}')
         for name, agent, key in hosts:

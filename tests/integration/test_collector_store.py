@@ -181,3 +181,41 @@ def test_status_and_run_on_an_unreachable_database(tmp_path):
         assert line.startswith("vmcollector: store unreachable: "
                                "postgresql://billing@127.0.0.1:"), line
         assert "pw" not in line
+
+
+def real_frame(seq: int, n: int, extra: str = "") -> StoredFrame:
+    """A frame whose records bytes are its records' msgpack, as an agent
+    writes them (the store keeps each record's bytes as signed)."""
+    import msgpack
+
+    recs = [{"seq": s, "kind": "sample", "t": 10**18 + s, "x": extra}
+            for s in range(seq, seq + n)]
+    raw = b"".join(msgpack.packb(r) for r in recs)
+    return StoredFrame(seq, seq + n - 1, (extra or "h").encode()[:1] * 32,
+                       b"\0" * 32, b"s" * 64, "00" * 8, raw, recs)
+
+
+def test_bulk_batches_overlap_once_and_conflicts_roll_back(opened):
+    """The bulk path (executemany on SQLite, COPY on PostgreSQL): a batch
+    overlapping what is stored stores only the new seqs; one stored seq
+    with other bytes refuses the whole batch."""
+    import msgpack
+
+    store = opened()
+    store.put_host(host("hv"))
+    store.save_batch("hv", WAL, [real_frame(1, 500), real_frame(501, 500)],
+                     [], 1000, b"a" * 32)
+    store.save_batch("hv", WAL, [real_frame(501, 500), real_frame(1001, 3)],
+                     [], 1003, b"b" * 32)
+    [w] = store.wals("hv")
+    assert w["held"] == [[1, 1003]]
+    stored = store.records("hv")
+    assert [s for _, s, _ in stored] == list(range(1, 1004))
+    assert stored[0][2] == msgpack.unpackb(msgpack.packb(
+        real_frame(1, 1).decoded[0]))
+    with pytest.raises(EvidenceConflict, match="1001"):
+        store.save_batch("hv", WAL, [real_frame(1001, 3, "other"),
+                                     real_frame(1004, 2)], [], 1005,
+                         b"c" * 32)
+    assert store.wals("hv")[0]["held"] == [[1, 1003]]  # nothing of it
+    assert store.hosts()[0].stored_seq == 1003

@@ -35,6 +35,7 @@ def test_defaults_and_hosts(tmp_path):
 @pytest.mark.parametrize("text,key", [
     ('[collector]\nstore = "postgresql://u@db:5432"\n', "collector.store"),
     ('[collector]\nlease = "0.5s"\n', "collector.lease"),
+    ('[collector]\nread_timeout = "0s"\n', "collector.read_timeout"),
     ('[collector]\ninstance = "a b"\n', "collector.instance"),
     ('[collector]\nstore = "mysql"\n', "collector.store"),
     ('[collector]\nbogus = 1\n', "collector.bogus"),
@@ -60,7 +61,10 @@ def test_postgresql_instance_and_lease():
                        'instance = "c1"\nlease = "2s"\n')
     assert cfg.store == "postgresql://u@db:5432/x"
     assert (cfg.instance_name, cfg.lease_s) == ("c1", 2.0)
+    assert config.parse('[collector]\nread_timeout = "5s"\n') \
+        .read_timeout_s == 5.0
     cfg = config.parse("")
+    assert cfg.read_timeout_s == 30.0
     assert cfg.lease_s == 30.0 and cfg.instance_name == config.socket \
         .gethostname()
 

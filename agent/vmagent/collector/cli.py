@@ -130,6 +130,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from vmagent.collector.ingest import Ingest
+    from vmagent.collector.metrics import Metrics, MonitorServer
 
     cfg = config_mod.load(args.config)
     tokens = {h.name: _read_token(cfg, h) for h in cfg.hosts}
@@ -140,9 +141,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    metrics = Metrics()
     ingest = Ingest(store, cfg.pull_interval_s, cfg.instance_name,
-                    cfg.lease_s)
+                    cfg.lease_s, cfg.read_timeout_s, metrics)
     logger = log.get_logger()
+    monitor = None
+    if cfg.listen is not None:
+        try:
+            monitor = MonitorServer(
+                cfg.listen, metrics,
+                lambda: status_document(store, cfg)).start()
+        except OSError as err:  # ingest matters more than its metrics
+            logger.error("monitor_listen_failed",
+                         listen=f"{cfg.listen[0]}:{cfg.listen[1]}",
+                         error=err.strerror or str(err))
+        else:
+            logger.info("monitor_listening",
+                        listen=f"{monitor.address[0]}:{monitor.address[1]}")
     logger.info("collector_started", store=store.describe(),
                 instance=cfg.instance_name, lease_s=cfg.lease_s,
                 hosts=len(store.hosts()))
@@ -150,6 +165,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     ingest.run(stop)
     logger.info("collector_stopping")
     ingest.shutdown()
+    if monitor is not None:
+        monitor.close()
     store.close()
     logger.info("collector_stopped")
     return 0

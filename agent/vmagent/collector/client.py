@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import json
 import ssl
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -23,8 +24,13 @@ from vmagent.frames import (  # the verifier, for the collector's users
     verify_batch,
 )
 
-__all__ = ["ChainState", "Client", "PullError", "Unreachable",
+__all__ = ["BadReply", "ChainState", "Client", "PullError", "Unreachable",
            "VerifyError", "unexplained", "verify_batch"]
+
+# A reply is at most 4 MiB plus one frame (docs/protocol.md); a frame is
+# one commit.  Anything far above is not an agent's batch.
+MAX_BODY = 64 << 20
+_CHUNK = 1 << 16
 
 
 class Unreachable(urllib.error.URLError):
@@ -50,6 +56,13 @@ def _words(reason: BaseException | str) -> str:
     return text or type(reason).__name__
 
 
+class BadReply(ConnectionError):
+    """The agent's reply is not a batch at all (larger than the cap, not
+    msgpack, not a version 1 map, too slow): transport trouble, retried
+    like a refused connection, never evidence that failed verification
+    (nothing in it was signed)."""
+
+
 class PullError(VmagentError):
     """The agent answered with an error (its status and JSON body)."""
 
@@ -59,13 +72,20 @@ class PullError(VmagentError):
 
 
 class Client:
-    """HTTP access to one agent's pull API with a bearer token."""
+    """HTTP access to one agent's pull API with a bearer token.
+
+    ``timeout`` bounds every socket operation and the whole reply: a
+    reply not complete ``timeout`` seconds after the request was sent is
+    dropped (``BadReply``), however slowly its bytes trickle in; a body
+    above ``max_body`` bytes is refused without reading it whole."""
 
     def __init__(self, url: str, consumer: str, token: str | None,
                  timeout: float = 90.0,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None,
+                 max_body: int = MAX_BODY) -> None:
         self.url, self.consumer, self.token = url.rstrip("/"), consumer, token
         self.timeout, self.ssl_context = timeout, ssl_context
+        self.max_body = max_body
 
     def _request(self, path: str, body: bytes | None = None,
                  ctype: str = "") -> bytes:
@@ -82,12 +102,15 @@ class Client:
                 f"({type(err).__name__})") from None
 
     def _open(self, req: urllib.request.Request) -> bytes:
+        deadline = time.monotonic() + self.timeout
         try:
             with urllib.request.urlopen(req, timeout=self.timeout,
                                         context=self.ssl_context) as resp:
-                return resp.read()
+                return self._body(resp, deadline)
         except urllib.error.HTTPError as err:
-            raw = err.read()
+            fp = err.fp
+            raw = self._body(fp, deadline) \
+                if isinstance(fp, http.client.HTTPResponse) else err.read()
             try:
                 doc = json.loads(raw)
             except ValueError:
@@ -95,6 +118,33 @@ class Client:
             raise PullError(err.code, doc) from None
         except urllib.error.URLError as err:  # not connected at all
             raise Unreachable(self.url, err.reason) from None
+
+    def _body(self, resp: http.client.HTTPResponse,
+              deadline: float) -> bytes:
+        """The body, read a socket read at a time against the deadline
+        and the size cap."""
+        where = resp.geturl().split("?")[0]
+        length = resp.getheader("Content-Length")
+        if length is not None and length.isdigit() and \
+                int(length) > self.max_body:
+            raise BadReply(f"{where}: reply of {int(length)} bytes refused "
+                           f"(cap {self.max_body})")
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            if time.monotonic() > deadline:
+                raise BadReply(f"{where}: reply not complete after "
+                               f"{self.timeout:g} s")
+            chunk = resp.read1(_CHUNK)
+            if not chunk:
+                if resp.length:  # fewer bytes than Content-Length said
+                    raise http.client.IncompleteRead(b"", resp.length)
+                return b"".join(parts)
+            size += len(chunk)
+            if size > self.max_body:
+                raise BadReply(f"{where}: reply larger than "
+                               f"{self.max_body} bytes refused")
+            parts.append(chunk)
 
     def batch(self, after: int | None, wal: bytes | None = None,
               wait: float = 0, max_records: int = 1000) -> dict[str, Any]:
@@ -108,9 +158,11 @@ class Client:
         try:
             doc = msgpack.unpackb(raw, raw=False, strict_map_key=True)
         except (ValueError, msgpack.UnpackException) as err:
-            raise VerifyError(f"batch is not msgpack: {err}") from None
+            raise BadReply(f"{self.url}: reply is not msgpack: "
+                           f"{str(err)[:100]}") from None
         if not isinstance(doc, dict) or doc.get("v") != 1:
-            raise VerifyError("batch is not a version 1 batch map")
+            raise BadReply(f"{self.url}: reply is not a version 1 batch "
+                           "map")
         return doc
 
     def ack(self, wal: bytes, seq: int) -> int:

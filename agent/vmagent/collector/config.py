@@ -2,9 +2,10 @@
 §2).  Every error names the file and the key, in one line (exit 78).
 
 This slice reads ``[collector]`` state_dir, store (``sqlite`` or a
-``postgresql://`` URL), pull_interval, instance, lease and ``[[hosts]]``;
-the other keys of §2 (listen, auto_close, calendar, grace) are accepted and
-ignored until their slices land.
+``postgresql://`` URL), pull_interval, instance, lease, listen,
+read_timeout (an extension: how long a reply may take beyond the
+long-poll's wait) and ``[[hosts]]``; the other keys of §2 (auto_close,
+calendar, grace) are accepted and ignored until their slices land.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ DEFAULT_PATH = Path("/usr/local/etc/vmagent/collector.toml"
                     else "/etc/vmagent/collector.toml")
 BUILTIN = "built-in defaults"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-_LATER = ("listen", "auto_close", "calendar", "grace")
+_LATER = ("auto_close", "calendar", "grace")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class CollectorConfig:
     pull_interval_s: float = 10.0
     instance: str = ""  # the lease owner's name; "" = the hostname
     lease_s: float = 30.0
+    read_timeout_s: float = 30.0  # a reply's time beyond the long-poll
+    listen: tuple[str, int] | None = ("127.0.0.1", 9741)  # None: off
     hosts: tuple[HostConfig, ...] = ()
     source: str = BUILTIN
 
@@ -103,13 +106,34 @@ def _collector(source: str, table: dict[str, Any]) -> dict[str, Any]:
                 out["lease_s"] = parse_duration(value)
                 if out["lease_s"] < 1:
                     raise ValueError(f"expected at least 1s, got {value!r}")
+            elif key == "listen":
+                out["listen"] = _listen(value)
+            elif key == "read_timeout":
+                out["read_timeout_s"] = parse_duration(value)
+                if out["read_timeout_s"] <= 0:
+                    raise ValueError(f"expected more than 0s, got {value!r}")
             elif key not in _LATER:
                 raise ValueError("unknown key; expected one of state_dir, "
                                  "store, pull_interval, instance, lease, "
+                                 "read_timeout, listen, "
                                  + ", ".join(_LATER))
         except (TypeError, ValueError) as err:
             raise ConfigError(source, name, str(err)) from None
     return out
+
+
+def _listen(value: Any) -> tuple[str, int] | None:
+    """``host:port`` (``[v6]:port``), or "" for none."""
+    if value == "":
+        return None
+    text = text_value(value).strip()
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or \
+            not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port (or \"\" for none), got "
+                         f"{value!r}")
+    return host, int(port)
 
 
 def _store(value: Any) -> str:

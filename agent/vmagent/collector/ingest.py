@@ -26,6 +26,7 @@ from typing import Any
 
 from vmagent.api.tls import client_context
 from vmagent.collector.client import Client, PullError
+from vmagent.collector.metrics import Metrics
 from vmagent.collector.store import (
     EvidenceConflict,
     HostRow,
@@ -37,10 +38,14 @@ from vmagent.collector.store import (
 from vmagent.frames import ChainState, VerifyError, verify_batch
 from vmagent.log import get_logger
 
-MAX_RECORDS = 1000
+# records per pull: 4000 VM samples (~650 B) are ~2.6 MB, under the
+# agent's 4 MiB reply; fewer, larger transactions and acks (bench/collector.py)
+MAX_RECORDS = 4000
 BACKOFF_START_S, BACKOFF_CAP_S = 0.2, 30.0
 FAILING_AFTER = 3  # pulls failed in a row
 LAGGING_AFTER_S = 60.0
+READ_TIMEOUT_S = 30.0  # a whole reply, beyond the long-poll's wait
+REPLY_BYTES = 4 << 20  # an agent's reply ends after this much (or max)
 
 
 def backoff(attempt: int, cap: float = BACKOFF_CAP_S) -> float:
@@ -53,10 +58,13 @@ class HostIngest(threading.Thread):
     """Pulls one host until ``stop`` is set or the host is untrusted."""
 
     def __init__(self, store: Store, host: HostRow, stop: threading.Event,
-                 wait_s: float = 10.0, owner: str | None = None) -> None:
+                 wait_s: float = 10.0, owner: str | None = None,
+                 read_timeout_s: float = READ_TIMEOUT_S,
+                 metrics: Metrics | None = None) -> None:
         super().__init__(name=f"ingest-{host.name}", daemon=True)
         self.store, self.host, self.stop_event = store, host, stop
         self.owner = owner  # the lease holder's name, checked at each store
+        self.metrics = metrics
         self.wait_s = min(max(wait_s, 0.0), 60.0)
         self.log = get_logger(host=host.name)
         self.busy = threading.Lock()  # held while a batch is in hand
@@ -66,7 +74,7 @@ class HostIngest(threading.Thread):
         self.pending: list[tuple[int, int, str]] = []  # missing, unsaved
         self.failures = 0
         self.full_since: float | None = None
-        self.client = _client(host, self.wait_s)
+        self.client = _client(host, self.wait_s + read_timeout_s)
 
     def run(self) -> None:
         self.log.info("ingest_started", wal=_hex(self.state.wal),
@@ -115,11 +123,14 @@ class HostIngest(threading.Thread):
         try:
             if self.state.wal and (frames or self.pending or
                                    self.state.wal != self.host.wal):
+                progress = self._progress(frames)
+                began = time.monotonic()
                 self.store.save_batch(self.host.name, self.state.wal,
                                       frames, self.pending,
                                       self.state.last_seq,
                                       self.state.last_hash, owner=self.owner,
-                                      **self._progress(frames))
+                                      **progress)
+                self._count(frames, time.monotonic() - began, progress)
                 self.host = replace(self.host, wal=self.state.wal)
                 self.pending = []
             else:
@@ -167,7 +178,8 @@ class HostIngest(threading.Thread):
 
     def _progress(self, frames: list[StoredFrame]) -> dict[str, Any]:
         now = time.time()
-        full = sum(len(f.decoded) for f in frames) >= self.max_records
+        full = sum(len(f.decoded) for f in frames) >= self.max_records or \
+            sum(len(f.records) for f in frames) >= REPLY_BYTES
         if not full:
             self.full_since = None
         elif self.full_since is None:
@@ -183,6 +195,16 @@ class HostIngest(threading.Thread):
             progress["clock_offset_s"] = round(max(ts) / 1e9 - now, 3)
         self.failures = 0
         return progress
+
+    def _count(self, frames: list[StoredFrame], seconds: float,
+               progress: dict[str, Any]) -> None:
+        if self.metrics is None:
+            return
+        ts = [r["t"] for r in (frames[-1].decoded if frames else [])
+              if isinstance(r.get("t"), int)]
+        self.metrics.batch_stored(self.host.name, len(frames), seconds,
+                                  progress["behind_records"],
+                                  max(ts) / 1e9 if ts else None)
 
     def _mark_ok(self, frames: list[StoredFrame]) -> None:
         self.store.set_state(self.host.name, **self._progress(frames))
@@ -228,16 +250,18 @@ class HostIngest(threading.Thread):
 
     def _untrusted(self, error: str) -> bool:
         self.log.error("host_untrusted", error=error)
+        if self.metrics is not None:
+            self.metrics.frame_rejected(self.host.name)
         self.store.set_state(self.host.name, "untrusted", error)
         return False
 
 
-def _client(host: HostRow, wait_s: float) -> Client:
+def _client(host: HostRow, timeout_s: float) -> Client:
     context = None
     if host.url.startswith("https:"):
         context = client_context(Path(host.cacert) if host.cacert else None,
                                  None, None)
-    return Client(host.url, host.consumer, host.token, timeout=wait_s + 30,
+    return Client(host.url, host.consumer, host.token, timeout=timeout_s,
                   ssl_context=context)
 
 
@@ -258,8 +282,12 @@ class Ingest:
     and gives every lease back."""
 
     def __init__(self, store: Store, wait_s: float, instance: str = "local",
-                 lease_s: float = 30.0) -> None:
+                 lease_s: float = 30.0,
+                 read_timeout_s: float = READ_TIMEOUT_S,
+                 metrics: Metrics | None = None) -> None:
         self.store, self.wait_s = store, wait_s
+        self.read_timeout_s = read_timeout_s
+        self.metrics = metrics or Metrics()
         self.instance, self.lease_s = instance, lease_s
         self.period = max(0.2, min(lease_s / 5, 5.0))
         self.threads: dict[str, HostIngest] = {}
@@ -278,6 +306,8 @@ class Ingest:
         except StoreError as err:
             self.log.warning("lease_round_failed", error=str(err))
             return
+        if claim.taken:
+            self.metrics.lease_changed("claimed", len(claim.taken))
         for host, previous in claim.taken.items():
             self.log.info("lease_claimed", host=host, previous=previous,
                           live_instances=claim.live)
@@ -301,6 +331,7 @@ class Ingest:
             except StoreError as err:
                 self.log.warning("lease_release_failed", error=str(err))
             else:
+                self.metrics.lease_changed("released", len(claim.excess))
                 for host in claim.excess:
                     self.log.info("lease_released", host=host,
                                   reason="fair share",
@@ -311,7 +342,9 @@ class Ingest:
                     new.state in ("untrusted", "retired"):
                 continue
             t = HostIngest(self.store, new, threading.Event(), self.wait_s,
-                           owner=self.instance)
+                           owner=self.instance,
+                           read_timeout_s=self.read_timeout_s,
+                           metrics=self.metrics)
             self.threads[name] = t
             t.start()
 
@@ -328,10 +361,12 @@ class Ingest:
             t.stop_event.set()
         for t in self.threads.values():
             t.halt()
+        held = len(self.threads)
         self.threads.clear()
         try:
             self.store.release(self.instance)
         except StoreError as err:  # they run out within a lease period
             self.log.warning("lease_release_failed", error=str(err))
         else:
+            self.metrics.lease_changed("released", held)
             self.log.info("leases_released")

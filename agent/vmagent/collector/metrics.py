@@ -1,0 +1,182 @@
+"""``vmcollector run``'s self-monitoring on ``[collector] listen``
+(COLLECTOR.md §2; docs/collector.md): ``GET /metrics`` (Prometheus text)
+and ``GET /v1/status`` (the ``status --json`` document).
+
+``Metrics`` is what the ingest threads count; it is read by the HTTP
+server's threads, so every access holds its lock.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from vmagent.log import get_logger
+
+COMMIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    """Counters and gauges of one collector process."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.verified: dict[str, int] = {}
+        self.rejected: dict[str, int] = {}
+        self.behind: dict[str, int | None] = {}
+        self.newest_t: dict[str, float] = {}  # newest stored record's t (s)
+        self.commit_buckets = [0] * len(COMMIT_BUCKETS)
+        self.commit_sum = 0.0
+        self.commit_count = 0
+        self.lease_changes: dict[str, int] = {"claimed": 0, "released": 0}
+
+    def batch_stored(self, host: str, frames: int, seconds: float,
+                     behind: int | None, newest_t: float | None) -> None:
+        with self.lock:
+            self.verified[host] = self.verified.get(host, 0) + frames
+            self.behind[host] = behind
+            if newest_t is not None:
+                self.newest_t[host] = max(newest_t,
+                                          self.newest_t.get(host, 0.0))
+            self.commit_sum += seconds
+            self.commit_count += 1
+            for i, bound in enumerate(COMMIT_BUCKETS):
+                if seconds <= bound:
+                    self.commit_buckets[i] += 1
+
+    def frame_rejected(self, host: str) -> None:
+        with self.lock:
+            self.rejected[host] = self.rejected.get(host, 0) + 1
+
+    def lease_changed(self, change: str, n: int = 1) -> None:
+        with self.lock:
+            self.lease_changes[change] = \
+                self.lease_changes.get(change, 0) + n
+
+    def render(self, now: float | None = None) -> str:
+        """The Prometheus text exposition."""
+        now = time.time() if now is None else now
+        out: list[str] = []
+
+        def family(name: str, kind: str, text: str) -> None:
+            out.append(f"# HELP {name} {text}")
+            out.append(f"# TYPE {name} {kind}")
+
+        with self.lock:
+            hosts = sorted(set(self.verified) | set(self.rejected)
+                           | set(self.behind))
+            family("vmcollector_host_behind_records", "gauge",
+                   "Records the host's agent holds beyond what is stored "
+                   "(0: the last reply was not full; absent: unknown).")
+            for h in hosts:
+                if self.behind.get(h) is not None:
+                    out.append(f'vmcollector_host_behind_records'
+                               f'{{host="{_esc(h)}"}} {self.behind[h]}')
+            family("vmcollector_host_lag_seconds", "gauge",
+                   "Now minus the newest stored record's t.")
+            for h in hosts:
+                if h in self.newest_t:
+                    out.append(f'vmcollector_host_lag_seconds'
+                               f'{{host="{_esc(h)}"}} '
+                               f'{max(0.0, now - self.newest_t[h]):.3f}')
+            family("vmcollector_frames_verified_total", "counter",
+                   "Frames verified and stored.")
+            for h in hosts:
+                out.append(f'vmcollector_frames_verified_total'
+                           f'{{host="{_esc(h)}"}} {self.verified.get(h, 0)}')
+            family("vmcollector_frames_rejected_total", "counter",
+                   "Frames that failed verification or came back with "
+                   "other bytes (the host turned untrusted).")
+            for h in hosts:
+                out.append(f'vmcollector_frames_rejected_total'
+                           f'{{host="{_esc(h)}"}} {self.rejected.get(h, 0)}')
+            family("vmcollector_store_commit_seconds", "histogram",
+                   "Time to store one batch (one transaction, committed).")
+            for bound, n in zip(COMMIT_BUCKETS, self.commit_buckets):
+                out.append(f'vmcollector_store_commit_seconds_bucket'
+                           f'{{le="{bound:g}"}} {n}')
+            out.append(f'vmcollector_store_commit_seconds_bucket{{le="+Inf"}}'
+                       f' {self.commit_count}')
+            out.append(f"vmcollector_store_commit_seconds_sum "
+                       f"{self.commit_sum:.6f}")
+            out.append(f"vmcollector_store_commit_seconds_count "
+                       f"{self.commit_count}")
+            family("vmcollector_lease_changes_total", "counter",
+                   "Leases this instance claimed or gave back.")
+            for change, n in sorted(self.lease_changes.items()):
+                out.append(f'vmcollector_lease_changes_total'
+                           f'{{change="{change}"}} {n}')
+        return "\n".join(out) + "\n"
+
+
+def _esc(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"') \
+        .replace("\n", "\\n")
+
+
+class MonitorServer:
+    """``GET /metrics`` and ``GET /v1/status`` on ``(host, port)``, in
+    threads; ``status`` builds the status document (it reads the store)."""
+
+    def __init__(self, address: tuple[str, int], metrics: Metrics,
+                 status: Callable[[], dict[str, Any]]) -> None:
+        self.metrics, self.status = metrics, status
+        self.server = http.server.ThreadingHTTPServer(address,
+                                                      self._handler())
+        self.server.daemon_threads = True
+        bound = self.server.server_address
+        self.address: tuple[str, int] = (str(bound[0]), int(bound[1]))
+        self.thread = threading.Thread(target=self.server.serve_forever,
+                                       name="monitor", daemon=True)
+
+    def start(self) -> MonitorServer:
+        self.thread.start()
+        return self
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
+        monitor = self
+        log = get_logger()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            server_version = "vmcollector"
+
+            def log_message(self, format: str,  # noqa: A002
+                            *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                path = self.path.split("?")[0]
+                if path == "/metrics":
+                    self.reply(200, monitor.metrics.render().encode(),
+                               "text/plain; version=0.0.4")
+                elif path == "/v1/status":
+                    try:
+                        doc = monitor.status()
+                    except Exception as err:  # noqa: BLE001 - a reply
+                        log.warning("status_failed", error=str(err))
+                        self.reply(503, json.dumps(
+                            {"error": str(err)}).encode(),
+                            "application/json")
+                        return
+                    self.reply(200, json.dumps(doc).encode(),
+                               "application/json")
+                else:
+                    self.reply(404, b'{"error": "not found"}',
+                               "application/json")
+
+            def reply(self, code: int, body: bytes, ctype: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        return Handler

@@ -1,0 +1,246 @@
+"""Collector benchmark: verified VM-sample records stored per second by one
+collector process, into SQLite and into PostgreSQL, and the time from an
+agent's commit to the store's at a 1 s pull interval.
+
+1. Drain: a live ``vmagent run`` whose WAL holds a backlog of VM-sample
+   records (about 650 B each, 1000 per commit, built beforehand as in
+   bench/api.py) is pulled by the collector's own ingest loop
+   (``HostIngest.cycle``: long-poll, verify, one transaction per batch,
+   commit, ack) in this process, one host, until the backlog is stored.
+   Where the time goes is measured by timing the functions each phase
+   calls: the pull (HTTP and the batch's msgpack), the frame hash, the
+   Ed25519 signature, the records' decoding, splitting the frame's
+   records bytes into each record's for the store, the store's
+   transaction (inserts and commit), the ack; "other" is the rest of the
+   ingest loop.
+2. Latency: a live agent with 50 fake VMs at ``interval = 1`` and the
+   ingest loop with a 1 s long-poll: per stored batch, the store's commit
+   time minus the newest record's ``t`` (the sweep's time, taken before
+   the agent's commit: an upper bound of commit-to-store).
+
+PostgreSQL is a throwaway cluster made as the tests make it
+(tests/integration/postgres.py: initdb, fsync off, loopback).
+
+    .venv/bin/python bench/collector.py [--records 1000000]
+        [--stores sqlite,postgresql] [--latency-s 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import vmagent.frames as frames_mod  # noqa: E402
+from integration.agent_process import AgentProcess  # noqa: E402
+from vmagent import keys  # noqa: E402
+from vmagent.collector import client as client_mod  # noqa: E402
+from vmagent.collector import store as store_mod  # noqa: E402
+from vmagent.collector.ingest import HostIngest  # noqa: E402
+from vmagent.collector.store import (  # noqa: E402
+    HostRow,
+    PostgresStore,
+    SqliteStore,
+    SqlStore,
+)
+from vmagent.keys import HostKey  # noqa: E402
+from vmagent.wal import Wal  # noqa: E402
+from vmagent.wal import format as fmt  # noqa: E402
+from wal import NoSync, vm_sample  # noqa: E402
+
+HOST = "bench-host"
+
+
+class Timers:
+    """Seconds spent per phase, by wrapping the functions each calls."""
+
+    def __init__(self) -> None:
+        self.spent: dict[str, float] = {}
+        self.undo: list[Callable[[], None]] = []
+
+    def wrap(self, owner: Any, attr: str, phase: str,
+             materialise: bool = False) -> None:
+        real = getattr(owner, attr)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                out = real(*args, **kwargs)
+                return list(out) if materialise else out
+            finally:
+                self.spent[phase] = self.spent.get(phase, 0.0) + \
+                    time.perf_counter() - t0
+
+        setattr(owner, attr, timed)
+        self.undo.append(lambda: setattr(owner, attr, real))
+
+    def restore(self) -> None:
+        for undo in reversed(self.undo):
+            undo()
+        self.undo.clear()
+
+
+def build_backlog(state: Path, records: int) -> None:
+    key = HostKey.load_or_create(state)
+    w = Wal(state / "wal", host=HOST, key=key, max_bytes=8 << 30,
+            ops=NoSync())
+    for i in range(records // 1000):
+        w.commit([vm_sample(i, v) for v in range(1000)])
+    w.close()
+    os.sync()
+
+
+def backlog_agent(work: Path, records: int) -> AgentProcess:
+    a = AgentProcess(work / "agent", interval=3600)
+    a.config.write_text(a.config.read_text().replace(
+        "[agent]\n", f'[agent]\nhost_id = "{HOST}"\n')
+        + '[wal]\nmax_bytes = "8GiB"\n')
+    t0 = time.perf_counter()
+    build_backlog(a.state, records)
+    size = sum(p.stat().st_size for p in (a.state / "wal").iterdir())
+    print(f"backlog of {records:,} VM-sample records built in "
+          f"{time.perf_counter() - t0:.0f} s ({size / records:.0f} B per "
+          "record in the WAL)", flush=True)
+    return a.start()
+
+
+def make_store(kind: str, work: Path, pg: Any) -> SqlStore:
+    if kind == "sqlite":
+        store: SqlStore = SqliteStore(work / f"collector-{time.time_ns()}.db")
+    else:
+        store = PostgresStore(pg.create_database())
+    store.migrate()
+    return store
+
+
+def ingest_for(store: SqlStore, a: AgentProcess, name: str,
+               wait_s: float) -> HostIngest:
+    store.put_host(HostRow(name, a.url, "default", a.token(),
+                           a.public_key()))
+    host = next(h for h in store.hosts() if h.name == name)
+    return HostIngest(store, host, threading.Event(), wait_s=wait_s)
+
+
+def drain(kind: str, a: AgentProcess, records: int, work: Path,
+          pg: Any) -> dict[str, Any]:
+    """Stores the whole backlog: records/s and the phases' seconds."""
+    store = make_store(kind, work, pg)
+    ing = ingest_for(store, a, f"hv-{kind}", wait_s=0)
+    t = Timers()
+    t.wrap(client_mod.Client, "batch", "pull (HTTP + batch msgpack)")
+    t.wrap(client_mod.Client, "ack", "ack")
+    t.wrap(fmt, "chain_hash", "verify: SHA-256 hash")
+    t.wrap(keys, "verify_signature", "verify: Ed25519 signature")
+    t.wrap(frames_mod, "iter_records", "decode records", materialise=True)
+    t.wrap(store, "save_batch", "store transaction (insert + commit)")
+    t.wrap(store_mod, "record_bodies", "split records for the store")
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    try:
+        while ing.state.last_seq < records:
+            assert ing.cycle() is True
+    finally:
+        t.restore()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    held = store.wals(f"hv-{kind}")[0]["held"]
+    store.close()
+    assert held == [[1, records]], held  # every seq, once
+    spent = dict(t.spent)
+    # the splitting happens inside the store's transaction
+    store_key = "store transaction (insert + commit)"
+    spent[store_key] -= spent.get("split records for the store", 0)
+    spent["other (ingest loop)"] = wall - sum(spent.values())
+    return {"rate": records / wall, "wall": wall, "cpu": cpu,
+            "spent": spent}
+
+
+def latency(kind: str, work: Path, pg: Any, seconds: float,
+            vms: int = 50) -> list[float]:
+    """Per stored batch: store commit time - newest record's t."""
+    a = AgentProcess(work / f"live-{kind}", interval=1, fake_vms=vms).start()
+    store = make_store(kind, work, pg)
+    ing = ingest_for(store, a, f"live-{kind}", wait_s=1.0)
+    out: list[float] = []
+    real = store.save_batch
+
+    def save(*args: Any, **kwargs: Any) -> None:
+        real(*args, **kwargs)
+        now = time.time_ns()
+        ts = [r["t"] for f in args[2] for r in f.decoded
+              if isinstance(r.get("t"), int)]
+        if ts:
+            out.append((now - max(ts)) / 1e9)
+
+    store.save_batch = save  # type: ignore[method-assign]
+    try:
+        ing.cycle()  # the first pull catches up with what is there
+        out.clear()
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            ing.cycle()
+    finally:
+        store.close()
+        a.kill()
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--records", type=int, default=1_000_000)
+    ap.add_argument("--stores", default="sqlite,postgresql")
+    ap.add_argument("--latency-s", type=float, default=60.0)
+    args = ap.parse_args()
+    kinds = args.stores.split(",")
+    pg = None
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
+        work = Path(tmp)
+        try:
+            if "postgresql" in kinds:
+                from integration.postgres import Cluster, skip_reason
+
+                why = skip_reason()
+                if why:
+                    print(f"PostgreSQL skipped: {why}")
+                    kinds.remove("postgresql")
+                else:
+                    pg = Cluster().init()
+            for kind in kinds:  # an agent each: the drain acks and deletes
+                a = backlog_agent(work / kind, args.records)
+                try:
+                    r = drain(kind, a, args.records, work, pg)
+                finally:
+                    a.kill()
+                print(f"\n{kind}: {args.records:,} records in "
+                      f"{r['wall']:.1f} s = {r['rate']:,.0f} records/s "
+                      f"(this process's CPU {r['cpu']:.1f} s)")
+                print("| phase | seconds | share |\n|---|---|---|")
+                for phase, s in sorted(r["spent"].items(),
+                                       key=lambda kv: -kv[1]):
+                    print(f"| {phase} | {s:.1f} | "
+                          f"{100 * s / r['wall']:.0f} % |")
+                sys.stdout.flush()
+            for kind in kinds if args.latency_s > 0 else []:
+                lat = sorted(latency(kind, work, pg, args.latency_s))
+                p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+                print(f"\n{kind}: commit-to-store at a 1 s pull interval, "
+                      f"{len(lat)} batches over {args.latency_s:.0f} s: "
+                      f"median {statistics.median(lat):.3f} s, p99 "
+                      f"{p99:.3f} s, max {lat[-1]:.3f} s", flush=True)
+        finally:
+            if pg is not None:
+                pg.destroy()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
