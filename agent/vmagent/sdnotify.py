@@ -29,6 +29,7 @@ class Notifier:
         msg = "\n".join(f"{k.upper()}={v}" for k, v in fields.items())
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-                s.sendto(msg.encode(), self.addr)
+                s.setblocking(False)  # a reader that does not read never
+                s.sendto(msg.encode(), self.addr)  # holds up a sweep
         except OSError:
-            pass  # systemd gone: nothing to tell
+            pass  # systemd gone or not reading: nothing to tell

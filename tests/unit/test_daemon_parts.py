@@ -186,3 +186,19 @@ def test_collector_refuses_a_frame_whose_seqs_came_back_different(
                       {"kind": "sample", "t": 100 + i}])
     with pytest.raises(VerifyError, match="other content"):
         list(verify_batch(batch_from(other, 2), state, wal.key.public))
+
+
+def test_sd_notify_never_blocks_when_nobody_reads(tmp_path):
+    import socket as socket_mod
+    import time as time_mod
+
+    from vmagent.sdnotify import Notifier
+
+    path = tmp_path / "notify"
+    with socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_DGRAM) as r:
+        r.bind(str(path))  # bound, never read: its queue fills up
+        n = Notifier({"NOTIFY_SOCKET": str(path)})
+        started = time_mod.monotonic()
+        for _ in range(2000):
+            n.send(status="x" * 200)
+        assert time_mod.monotonic() - started < 30  # returned, not blocked
