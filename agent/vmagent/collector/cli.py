@@ -13,6 +13,7 @@ import json
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from vmagent._version import __version__
 from vmagent.cli import with_config
 from vmagent.collector import config as config_mod
 from vmagent.collector.store import (
+    MIGRATIONS,
     HostRow,
     SqlStore,
     StoreError,
@@ -29,6 +31,10 @@ from vmagent.collector.store import (
     open_store,
 )
 from vmagent.errors import ConfigError, StateError, VmagentError
+from vmagent.keys import HostKey
+from vmagent.sdnotify import Notifier
+
+SILENT_AFTER_S = 180.0  # no inventory record with a t this recent: silent
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_STORE, EXIT_CONFIG = 1, 2, 3, 78
 
@@ -54,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
                             help="the COLLECTOR.md §4 document")
         sp.set_defaults(func=func)
     _hosts_command(sub)
+    key = sub.add_parser("key", help="this instance's Ed25519 key") \
+        .add_subparsers(dest="key_command", metavar="ACTION", required=True)
+    show = _with_config(key.add_parser(
+        "show", help="print the public key in hex (generated once, in "
+        "state_dir)"))
+    show.set_defaults(func=cmd_key_show)
     return p
 
 
@@ -83,6 +95,26 @@ def _hosts_command(sub: Any) -> None:
                                        "settings (its evidence stays)"))
     rm.add_argument("name", metavar="NAME")
     rm.set_defaults(func=cmd_hosts_remove)
+    retire = _with_config(group.add_parser(
+        "retire", help="a host gone for good: no longer pulled, never "
+        "blocking (its evidence stays)"))
+    retire.add_argument("name", metavar="NAME")
+    retire.add_argument("--at", metavar="TIME", type=_rfc3339_arg,
+                        help="when its evidence ends, RFC 3339 "
+                             "(default now)")
+    retire.set_defaults(func=cmd_hosts_retire)
+
+
+def _rfc3339_arg(text: str) -> float:
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an RFC 3339 time, got {text!r}") from None
+    if when.tzinfo is None or "T" not in text.upper():
+        raise argparse.ArgumentTypeError(
+            f"expected an RFC 3339 time with an offset or Z, got {text!r}")
+    return when.timestamp()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,13 +166,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = config_mod.load(args.config)
     tokens = {h.name: _read_token(cfg, h) for h in cfg.hosts}
+    key = HostKey.load_or_create(cfg.state_dir)
     store = open_store(cfg.state_dir, cfg.store)
-    for h in cfg.hosts:  # the config wins for its names
-        store.put_host(HostRow(h.name, h.url, h.consumer, tokens[h.name],
-                               h.pubkey, str(h.cacert) if h.cacert else None))
-    stop = threading.Event()
+    store.put_instance_key(cfg.instance_name, key.public, key.key_id.hex())
+    _put_hosts(store, cfg, tokens)
+    stop, reload = threading.Event(), threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: reload.set())
     metrics = Metrics()
     ingest = Ingest(store, cfg.pull_interval_s, cfg.instance_name,
                     cfg.lease_s, cfg.read_timeout_s, metrics)
@@ -162,7 +195,24 @@ def cmd_run(args: argparse.Namespace) -> int:
                 instance=cfg.instance_name, lease_s=cfg.lease_s,
                 hosts=len(store.hosts()))
     ingest.start()
-    ingest.run(stop)
+    notifier = Notifier()
+    notifier.send(ready="1", status=f"pulling {len(ingest.threads)} hosts")
+    last_ping = time.monotonic()
+
+    def between() -> None:
+        nonlocal cfg, last_ping
+        if reload.is_set():
+            reload.clear()
+            cfg = _reload(args.config, cfg, store, ingest)
+            notifier.send(status=f"reloaded; pulling {len(ingest.threads)} "
+                          "hosts")
+        if notifier.watchdog_s is not None and \
+                time.monotonic() - last_ping >= notifier.watchdog_s / 2:
+            notifier.send(watchdog="1")
+            last_ping = time.monotonic()
+
+    ingest.run(stop, between)
+    notifier.send(stopping="1")
     logger.info("collector_stopping")
     ingest.shutdown()
     if monitor is not None:
@@ -170,6 +220,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     store.close()
     logger.info("collector_stopped")
     return 0
+
+
+def _put_hosts(store: SqlStore, cfg: config_mod.CollectorConfig,
+               tokens: dict[str, str | None]) -> None:
+    for h in cfg.hosts:  # the config wins for its names
+        store.put_host(HostRow(h.name, h.url, h.consumer, tokens[h.name],
+                               h.pubkey, str(h.cacert) if h.cacert else None))
+
+
+_RESTART_KEYS = ("state_dir", "store", "instance", "lease_s", "listen")
+
+
+def _reload(path: Path | None, old: config_mod.CollectorConfig,
+            store: SqlStore, ingest: Any) -> config_mod.CollectorConfig:
+    """SIGHUP: the config again.  Its ``[[hosts]]`` are written into the
+    store (pulled from the next lease round) and a new ``pull_interval``
+    or ``read_timeout`` restarts the pullers with it; keys that need a
+    restart are logged.  A config that does not load (or a store error)
+    keeps the old one, logged as ``reload_failed``."""
+    logger = log.get_logger()
+    try:
+        new = config_mod.load(path)
+        tokens = {h.name: _read_token(new, h) for h in new.hosts}
+        _put_hosts(store, new, tokens)
+    except (VmagentError, OSError) as err:
+        logger.error("reload_failed", error=str(err),
+                     kept=old.source)
+        return old
+    ingest.reconfigure(new.pull_interval_s, new.read_timeout_s)
+    ignored = [k for k in _RESTART_KEYS if getattr(new, k) != getattr(old, k)]
+    if ignored:
+        logger.warning("reload_needs_restart", keys=ignored)
+    logger.info("config_reloaded", source=new.source, hosts=len(new.hosts),
+                pull_interval_s=new.pull_interval_s)
+    return new
 
 
 def _read_token(cfg: config_mod.CollectorConfig,
@@ -200,6 +285,11 @@ def _existing_store(cfg: config_mod.CollectorConfig) -> SqlStore:
         store.close()
         raise StoreError(f"{store.describe()} has no schema (run "
                          "`vmcollector migrate`)")
+    if version < len(MIGRATIONS):
+        store.close()
+        raise StoreError(f"{store.describe()} has schema version {version}, "
+                         f"this vmcollector needs {len(MIGRATIONS)} (run "
+                         "`vmcollector migrate`)")
     return store
 
 
@@ -222,7 +312,8 @@ def status_document(store: SqlStore,
                     cfg: config_mod.CollectorConfig) -> dict[str, Any]:
     """COLLECTOR.md §4 (this slice: no periods)."""
     hosts = []
-    leases = store.leases() if store.version() >= 2 else {}
+    leases = store.leases()
+    now = time.time()
     for h in store.hosts():
         owner, expires = leases.get(h.name, (None, 0.0))
         lease = {"owner": owner, "expires": _rfc3339(expires)} \
@@ -231,16 +322,33 @@ def status_document(store: SqlStore,
                  "last_seq": w["last_seq"], "watermark": _rfc3339(
                      w["newest_t"] / 1e9 if w["newest_t"] else None)}
                 for w in store.wals(h.name)]
-        hosts.append({"name": h.name, "url": h.url, "state": h.state,
+        hosts.append({"name": h.name, "url": h.url,
+                      "state": host_state(h, now),
                       "error": h.error, "lease": lease, "wals": wals,
                       "last_pull": _rfc3339(h.last_pull),
                       "behind_records": h.behind_records,
                       "clock_offset_s": h.clock_offset_s,
-                      "acked_seq": h.acked_seq})
+                      "acked_seq": h.acked_seq,
+                      "retired_at": _rfc3339(h.retired_at),
+                      "last_inventory": _rfc3339(
+                          h.inventory_t / 1e9 if h.inventory_t else None)})
     return {"store": store.describe(), "instance": cfg.instance_name,
-            "instances": store.instances(cfg.lease_s)
-            if store.version() >= 2 else [],
+            "instances": store.instances(cfg.lease_s),
             "hosts": hosts, "periods": []}
+
+
+def host_state(h: HostRow, now: float) -> str:
+    """COLLECTOR.md §4, first match wins: retired, untrusted and failing
+    as the pullers recorded them; ``silent`` when the host was reached
+    (a pull succeeded) but no ``inventory`` record with a ``t`` in the
+    last 3 minutes is stored; then lagging or current."""
+    if h.state in ("retired", "untrusted", "failing"):
+        return h.state
+    if h.last_pull is not None and (
+            h.inventory_t is None or now - h.inventory_t / 1e9 >
+            SILENT_AFTER_S):
+        return "silent"
+    return h.state
 
 
 def format_status(doc: dict[str, Any]) -> str:
@@ -296,7 +404,8 @@ def cmd_hosts_list(args: argparse.Namespace) -> int:
     try:
         rows = [{"name": h.name, "url": h.url, "consumer": h.consumer,
                  "pubkey": h.pubkey.hex(), "cacert": h.cacert,
-                 "state": h.state} for h in store.hosts()]
+                 "state": host_state(h, time.time())}
+                for h in store.hosts()]
     finally:
         store.close()
     if args.json:
@@ -319,6 +428,31 @@ def cmd_hosts_remove(args: argparse.Namespace) -> int:
         print(f"vmcollector: no host {args.name}", file=sys.stderr)
         return EXIT_FAILURE
     print(f"host {args.name} removed (its evidence stays in the store)")
+    return 0
+
+
+def cmd_hosts_retire(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(args.config)
+    at = time.time() if args.at is None else args.at
+    store = _existing_store(cfg)
+    try:
+        retired = store.retire_host(args.name, at)
+    finally:
+        store.close()
+    if not retired:
+        print(f"vmcollector: no host {args.name}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"host {args.name} retired at {_rfc3339(at)} (no longer pulled; "
+          "its evidence stays in the store)")
+    return 0
+
+
+def cmd_key_show(args: argparse.Namespace) -> int:
+    """The instance's public key, hex, on one line (a file of it is what
+    ``load_public_key`` reads); generated in state_dir on first use."""
+    cfg = config_mod.load(args.config)
+    key = HostKey.load_or_create(cfg.state_dir)
+    print(key.public.hex())
     return 0
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -193,6 +194,11 @@ class HostIngest(threading.Thread):
             "state": "lagging" if lagging else "current", "error": None}
         if ts:
             progress["clock_offset_s"] = round(max(ts) / 1e9 - now, 3)
+        inventory = [r["t"] for f in frames for r in f.decoded
+                     if r.get("kind") == "inventory"
+                     and isinstance(r.get("t"), int)]
+        if inventory:  # the store keeps the newest (``silent``)
+            progress["inventory_t"] = max(inventory)
         self.failures = 0
         return progress
 
@@ -348,10 +354,26 @@ class Ingest:
             self.threads[name] = t
             t.start()
 
-    def run(self, stop: threading.Event) -> None:
-        """Ticks until ``stop`` is set."""
+    def run(self, stop: threading.Event,
+            between: Callable[[], None] | None = None) -> None:
+        """Ticks until ``stop`` is set; ``between`` is called after each
+        wait (a reload, a watchdog ping), before the tick."""
         while not stop.wait(self.period):
+            if between is not None:
+                between()
             self.tick()
+
+    def reconfigure(self, wait_s: float, read_timeout_s: float) -> None:
+        """A new pull interval or read timeout: every puller is restarted
+        with it at the next tick (each finishes the batch in hand)."""
+        if (wait_s, read_timeout_s) == (self.wait_s, self.read_timeout_s):
+            return
+        self.wait_s, self.read_timeout_s = wait_s, read_timeout_s
+        for t in self.threads.values():
+            t.stop_event.set()
+        for t in self.threads.values():
+            t.halt()
+        self.threads.clear()
 
     def shutdown(self) -> None:
         """Stop pulling; wait for every batch in hand to be stored and

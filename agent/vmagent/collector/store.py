@@ -70,6 +70,8 @@ class HostRow:
     last_pull: float | None = None
     behind_records: int | None = None
     clock_offset_s: float | None = None
+    retired_at: float | None = None  # epoch seconds, when retired
+    inventory_t: int | None = None  # the newest stored inventory's t (ns)
 
     def settings(self) -> tuple[Any, ...]:
         """What an operator sets; a change restarts the host's puller."""
@@ -123,6 +125,18 @@ class Store:
         raise NotImplementedError
 
     def remove_host(self, name: str) -> bool:
+        raise NotImplementedError
+
+    def retire_host(self, name: str, at: float) -> bool:
+        """``retired`` from ``at`` (epoch seconds) on: no longer pulled,
+        never blocking; its evidence stays.  False if there is no such
+        host."""
+        raise NotImplementedError
+
+    def put_instance_key(self, instance: str, pubkey: bytes,
+                         key_id: str) -> None:
+        """Record an instance's public key (every key it ever had stays,
+        for the certificates it signed)."""
         raise NotImplementedError
 
     def hosts(self) -> list[HostRow]:
@@ -202,6 +216,13 @@ MIGRATIONS: tuple[str, ...] = (
         started {real} NOT NULL);
     INSERT INTO leases (host) SELECT name FROM hosts
     """,
+    """
+    ALTER TABLE hosts ADD COLUMN retired_at {real};
+    ALTER TABLE hosts ADD COLUMN inventory_t {int};
+    CREATE TABLE instance_keys (
+        instance TEXT NOT NULL, pubkey {blob} NOT NULL, key_id TEXT NOT NULL,
+        first_seen {real} NOT NULL, PRIMARY KEY (instance, pubkey))
+    """,
 )
 
 _FRAME_COLUMNS = ("host", "wal", "first_seq", "last_seq", "hash",
@@ -214,7 +235,8 @@ _PG_TYPES = {"host": "text", "wal": "bytea", "first_seq": "int8",
              "t": "int8", "body": "bytea"}
 _HOST_COLUMNS = ("name", "url", "consumer", "token", "pubkey", "cacert",
                  "state", "error", "wal", "stored_seq", "last_hash",
-                 "acked_seq", "last_pull", "behind_records", "clock_offset_s")
+                 "acked_seq", "last_pull", "behind_records", "clock_offset_s",
+                 "retired_at", "inventory_t")
 
 
 class SqlStore(Store):
@@ -284,6 +306,23 @@ class SqlStore(Store):
             q("DELETE FROM leases WHERE host = ?", (name,))
             return q("DELETE FROM hosts WHERE name = ?",
                      (name,)).rowcount > 0
+
+    def retire_host(self, name: str, at: float) -> bool:
+        with self._tx() as q:
+            return q("UPDATE hosts SET state = 'retired', error = NULL, "
+                     "retired_at = ? WHERE name = ?", (at, name)).rowcount > 0
+
+    def put_instance_key(self, instance: str, pubkey: bytes,
+                         key_id: str) -> None:
+        with self._tx() as q:
+            q("INSERT INTO instance_keys VALUES (?, ?, ?, {now}) ON CONFLICT "
+              "(instance, pubkey) DO NOTHING", (instance, pubkey, key_id))
+
+    def instance_keys(self) -> list[tuple[str, bytes, str]]:
+        """(instance, public key, key id), oldest first."""
+        return [(i, bytes(k), kid) for i, k, kid in self._read(
+            "SELECT instance, pubkey, key_id FROM instance_keys ORDER BY "
+            "first_seen, instance")]
 
     def hosts(self) -> list[HostRow]:
         rows = self._read(f"SELECT {', '.join(_HOST_COLUMNS)} FROM hosts "
@@ -699,10 +738,21 @@ def record_bodies(records: bytes) -> list[bytes]:
 
 
 def _update_host(q: Any, host: str, values: dict[str, Any]) -> None:
+    """A puller's news; never takes a host out of ``retired`` (a batch in
+    hand when it was retired is stored, the state stays)."""
     for key in values:
         assert key in _HOST_COLUMNS, key
-    sets = ", ".join(f"{k} = ?" for k in values)
-    q(f"UPDATE hosts SET {sets} WHERE name = ?", (*values.values(), host))
+    sets = ", ".join(
+        "state = CASE WHEN state = 'retired' THEN state ELSE ? END"
+        if k == "state" else
+        "error = CASE WHEN state = 'retired' THEN NULL ELSE ? END"
+        if k == "error" else
+        "inventory_t = CASE WHEN inventory_t > ? THEN inventory_t ELSE ? END"
+        if k == "inventory_t" else f"{k} = ?" for k in values)
+    args: list[Any] = []
+    for k, v in values.items():
+        args += [v, v] if k == "inventory_t" else [v]
+    q(f"UPDATE hosts SET {sets} WHERE name = ?", (*args, host))
 
 
 def is_postgresql(store: str) -> bool:
