@@ -1,7 +1,7 @@
 """Hostile agents (tests/integration/hostile_agent.py) and a well-behaved
 real ``vmagent run`` in the same ``vmcollector run`` on SQLite: forgery
 makes its host ``untrusted``, transport trouble makes it ``failing``
-(COLLECTOR.md §4); nothing from the bad part is stored or acked, the
+(docs/collector.md); nothing from the bad part is stored or acked, the
 collector does not crash, and the real agent's evidence keeps flowing."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """``vmcollector key show``, ``hosts retire`` and the states ``status``
-computes (``silent``, ``retired``; COLLECTOR.md §3-§4)."""
+computes (``silent``, ``retired``; docs/collector.md)."""
 
 from __future__ import annotations
 

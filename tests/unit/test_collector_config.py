@@ -1,4 +1,4 @@
-"""``vmcollector``'s config (COLLECTOR.md §2) and its host commands."""
+"""``vmcollector``'s config (docs/collector.md) and its host commands."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """``vmcollector``: a fleet's evidence pulled, verified and stored exactly
-once (COLLECTOR.md; docs/collector.md), into SQLite or PostgreSQL.
+once (docs/collector.md), into SQLite or PostgreSQL.
 
 The package also holds the reference pull client (``client``) that
 ``vmagent pull`` and the tests use; the names below are what

@@ -1,4 +1,4 @@
-"""The ``vmcollector`` command (COLLECTOR.md §3; docs/collector.md).
+"""The ``vmcollector`` command (docs/collector.md).
 
 Exit codes: 0 success (``status``: every host current), 1 failure
 (``status``: a host is not current), 2 usage error, 3 store unreachable
@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         sp = _with_config(sub.add_parser(name, help=text, description=text))
         if name == "status":
             sp.add_argument("--json", action="store_true",
-                            help="the COLLECTOR.md §4 document")
+                            help="the whole status document")
         sp.set_defaults(func=func)
     _hosts_command(sub)
     key = sub.add_parser("key", help="this instance's Ed25519 key") \
@@ -310,7 +310,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def status_document(store: SqlStore,
                     cfg: config_mod.CollectorConfig) -> dict[str, Any]:
-    """COLLECTOR.md §4 (this slice: no periods)."""
+    """The status document of docs/collector.md (no periods yet)."""
     hosts = []
     leases = store.leases()
     now = time.time()
@@ -338,8 +338,9 @@ def status_document(store: SqlStore,
 
 
 def host_state(h: HostRow, now: float) -> str:
-    """COLLECTOR.md §4, first match wins: retired, untrusted and failing
-    as the pullers recorded them; ``silent`` when the host was reached
+    """The host states of docs/collector.md, first match wins: retired,
+    untrusted and failing as the pullers recorded them; ``silent`` when
+    the host was reached
     (a pull succeeded) but no ``inventory`` record with a ``t`` in the
     last 3 minutes is stored; then lagging or current."""
     if h.state in ("retired", "untrusted", "failing"):

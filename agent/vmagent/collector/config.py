@@ -1,5 +1,6 @@
-"""``vmcollector``'s configuration: TOML -> frozen dataclasses (COLLECTOR.md
-§2).  Every error names the file and the key, in one line (exit 78).
+"""``vmcollector``'s configuration: TOML -> frozen dataclasses
+(docs/collector.md).  Every error names the file and the key, in one line
+(exit 78).
 
 This slice reads ``[collector]`` state_dir, store (``sqlite`` or a
 ``postgresql://`` URL), pull_interval, instance, lease, listen,

@@ -1,18 +1,18 @@
 """Ingest: one thread per host long-polls its agent, verifies every frame
 with ``vmagent.frames`` and the pinned key, stores the batch in one
-transaction, commits, then acks (COLLECTOR.md §1).
+transaction, commits, then acks (docs/collector.md).
 
 A slow or dead host holds up only its own thread.  A frame that fails
 verification turns the host ``untrusted``: the frames before it are
 stored and acked, nothing of it.  A store error: no ack, back off, retry.
 
-``Ingest`` pulls the hosts this instance holds a lease on (COLLECTOR.md
-§1): every ``tick`` (a fifth of the lease) it heartbeats, renews, gives
-back what is above its fair share and claims free or expired leases; a
-host added to or removed from the store is picked up at the next tick.
-Every batch is stored only while the lease is held (fencing, checked in
-the store's transaction): an instance that lost a lease stores and acks
-nothing more of that host.
+``Ingest`` pulls the hosts this instance holds a lease on
+(docs/collector.md): every ``tick`` (a fifth of the lease) it heartbeats,
+renews, gives back what is above its fair share and claims free or expired
+leases; a host added to or removed from the store is picked up at the
+next tick.  Every batch is stored only while the lease is held (fencing,
+checked in the store's transaction): an instance that lost a lease stores
+and acks nothing more of that host.
 """
 
 from __future__ import annotations

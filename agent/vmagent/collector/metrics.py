@@ -1,5 +1,5 @@
 """``vmcollector run``'s self-monitoring on ``[collector] listen``
-(COLLECTOR.md §2; docs/collector.md): ``GET /metrics`` (Prometheus text)
+(docs/collector.md): ``GET /metrics`` (Prometheus text)
 and ``GET /v1/status`` (the ``status --json`` document).
 
 ``Metrics`` is what the ingest threads count; it is read by the HTTP

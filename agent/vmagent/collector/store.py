@@ -2,7 +2,7 @@
 logical schema with versioned migrations, and two implementations that
 share their SQL: ``SqliteStore`` (embedded, one process) and
 ``PostgresStore`` (a fleet; needs the ``postgresql`` extra, psycopg 3).
-COLLECTOR.md §1; docs/collector.md has the schema.
+docs/collector.md has the rules and the schema.
 
 Evidence is keyed by ``(host, wal, seq)``.  A batch is stored in one
 transaction together with the host's cursor (wal, seq, hash), so the
