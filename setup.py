@@ -1,4 +1,5 @@
-"""setuptools needs setup.py only for cffi_modules (no pyproject key for it)."""
+"""setuptools needs setup.py only for cffi_modules (pyproject has no key
+for it)."""
 
 from setuptools import setup
 

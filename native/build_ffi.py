@@ -73,4 +73,5 @@ ffibuilder = make_builder(_platform_dir())
 
 if __name__ == "__main__":
     os.chdir(ROOT)
-    ffibuilder.compile(tmpdir=os.path.join(ROOT, "build", "cffi"), verbose=True)
+    ffibuilder.compile(tmpdir=os.path.join(ROOT, "build", "cffi"),
+                       verbose=True)
