@@ -526,7 +526,7 @@ class SqliteStore(SqlStore):
             self._db = sqlite3.connect(str(path), timeout=timeout,
                                        isolation_level=None,
                                        check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            _wal_journal(self._db, timeout)
             self._db.execute("PRAGMA synchronous=FULL")
         except (OSError, sqlite3.Error) as err:
             raise StoreError(f"cannot open {path}: {err}") from err
@@ -777,3 +777,20 @@ def open_store(state_dir: Path, kind: str = "sqlite") -> SqlStore:
         store.close()
         raise
     return store
+
+
+def _wal_journal(db: sqlite3.Connection, timeout: float) -> None:
+    """WAL journal mode, set once for the file.  Switching takes a lock that
+    SQLite's busy timeout does not wait for, so while another process (a
+    running collector) has the file open it is asked again until
+    ``timeout``; a file already in WAL mode needs no switch."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
