@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 
 import pytest
 
+import fullfs
 from integration.agent_process import AgentProcess
 from integration.conftest import wait_until
 from integration.guests import new_uuid
@@ -25,29 +25,8 @@ FULL_S = float(os.environ.get("VMAGENT_FULL_DISK_S", "8"))
 
 @pytest.fixture
 def tmpfs(tmp_path):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs",
-                    str(mnt)], check=True)
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=True)
-
-
-def fill(mnt) -> None:
-    """Another process takes every free byte."""
-    fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    try:
-        while True:
-            os.write(fd, b"\0" * 65536)
-    except OSError:
-        pass
-    try:
-        while True:
-            os.write(fd, b"\0")
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with fullfs.small_tmpfs(tmp_path / "small", "3m") as mnt:
+        yield mnt
 
 
 def pull_all(a: AgentProcess) -> list[dict]:
@@ -89,7 +68,7 @@ def test_full_disk_while_a_vm_starts_then_sigterm_while_full(
     a.start()
     try:
         wait_until(lambda: status(a)[1]["sweeps"] > 3)
-        fill(tmpfs)
+        fullfs.fill(tmpfs)
         guest = guests(name="fullvm", uuid=new_uuid())
         wait_until(lambda: status(a)[1]["vms"] == 1)
         time.sleep(FULL_S)
@@ -111,7 +90,7 @@ def test_full_disk_while_a_vm_starts_then_sigterm_while_full(
         assert readings == sorted(readings)  # cumulative: nothing lost
         assert not list(tmpfs.glob("state/.*.tmp"))
 
-        fill(tmpfs)  # full again, then a SIGTERM
+        fullfs.fill(tmpfs)  # full again, then a SIGTERM
         stopped_at = status(a)[1]["wal"]["durable_seq"]
         time.sleep(2)
         assert a.stop(signal.SIGTERM) == 0

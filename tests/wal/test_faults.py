@@ -4,11 +4,10 @@ is not durable, no seq reused, totals kept exact by coalescing."""
 from __future__ import annotations
 
 import errno
-import os
-import subprocess
 
 import pytest
 
+import fullfs
 from wal.helpers import (
     FailingOps,
     open_wal,
@@ -108,25 +107,8 @@ def test_segment_that_cannot_be_created_is_retried(tmp_path):
 
 @pytest.fixture
 def small_tmpfs(tmp_path):
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs",
-                    str(mnt)], check=True)
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=True)
-
-
-def fill(mnt):
-    """Another process takes every free byte of the filesystem."""
-    fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    return mnt / "filler"
+    with fullfs.small_tmpfs(tmp_path / "mnt", "256k") as mnt:
+        yield mnt
 
 
 @pytest.mark.needsroot
@@ -135,7 +117,7 @@ def test_stop_on_a_full_disk_writes_the_kept_sweeps_into_the_reserve(
     d = small_tmpfs / "wal"
     w = open_wal(d, segment_bytes=64 << 10)
     w.commit([sample(0, "a")])
-    fill(small_tmpfs)
+    fullfs.fill(small_tmpfs)
     kept = [w.commit([sample(i, "a"), sample(i, "b")]) is None
             for i in range(1, 30)]
     assert all(kept[-10:])  # the disk is full: sweeps kept in memory
@@ -152,7 +134,7 @@ def test_stop_on_a_full_disk_writes_the_kept_sweeps_into_the_reserve(
 def test_full_disk_coalesces_and_resumes_when_space_returns(small_tmpfs):
     d = small_tmpfs / "wal"
     w = open_wal(d, segment_bytes=64 << 10)
-    filler = fill(small_tmpfs)
+    filler = fullfs.fill(small_tmpfs)
     results = [w.commit([sample(i, "a"), sample(i, "b")]) for i in range(50)]
     assert all(r is None for r in results[-10:])  # full: nothing written
     filler.unlink()
