@@ -290,6 +290,11 @@ def malformed_requests_get_400(a) -> None:
     status, body = a.request("/v1/ack", "POST", body=nested,
                              ctype="application/json")
     assert status == 400 and "JSON" in body["error"]
+    reply = send_raw(a.port, b"GET //[ HTTP/1.1\r\nHost: x\r\n"
+                     b"Authorization: Bearer " + a.token().encode()
+                     + b"\r\n\r\n")  # with credentials: never throttled
+    assert reply.startswith(b"HTTP/1.1 400 ")  # found by the fuzzer: was 500
+    assert b'"the request target is not a path"' in reply
 
 
 def test_a_collector_pulls_through_an_attack(tmp_path):

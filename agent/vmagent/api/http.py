@@ -62,8 +62,12 @@ class PullApi:
         return None
 
     def _admit(self, request: Request) -> None:
-        url = urlsplit(request.target)
         request.consumer, refusal = self._credentials(request)
+        try:
+            url = urlsplit(request.target)
+        except ValueError:  # e.g. "//[": a netloc that is no address
+            raise ApiError(400, "the request target is not a path") \
+                from None
         if url.path not in ROUTES:
             raise ApiError(404, f"no such endpoint {url.path[:100]!r}")
         want = ROUTES[url.path]
