@@ -3,6 +3,8 @@
 #                                missing, a venv in .venv, the agent built,
 #                                then `vmagent run` samples this host's VMs)
 # Set up and test:  make test   (also the packages the tests need)
+# Packages:         make deb    (build/deb/vmagent_VERSION_ARCH.deb)
+#                   make rpm    (build/rpm/RPMS/ARCH/vmagent-VERSION-*.rpm)
 # The packages: packaging/debian-packages.txt, also read by .ci/run.
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,10 +13,12 @@ PYTEST_ARGS ?=
 SOURCES := pyproject.toml setup.py agent/vmagent/_version.py \
            $(wildcard native/*.h native/*.py native/*/*.c native/*/*.h)
 
-# `make test` installs the test packages with the build ones (one apt-get)
-PACKAGE_GROUPS := build $(if $(filter test,$(MAKECMDGOALS)),test)
+# `make test` installs the test packages with the build ones (one apt-get);
+# the package tests build both packages, so "deb" comes with "test"
+PACKAGE_GROUPS := build $(if $(filter test,$(MAKECMDGOALS)),test deb) \
+                  $(if $(filter deb rpm,$(MAKECMDGOALS)),deb)
 
-.PHONY: setup packages run test clean
+.PHONY: setup packages run test deb rpm clean
 
 setup: packages $(VENV)/.installed
 
@@ -32,6 +36,12 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest -ra $(PYTEST_ARGS) tests
+
+deb: packages
+	sh packaging/build-deb build/deb
+
+rpm: packages
+	sh packaging/build-rpm build/rpm
 
 clean:
 	rm -rf $(VENV) build agent/*.egg-info agent/vmagent/_vmprobe.*

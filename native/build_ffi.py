@@ -71,7 +71,6 @@ def make_builder(platform: str, module: str = "vmagent._vmprobe",
 
 ffibuilder = make_builder(_platform_dir())
 
-if __name__ == "__main__":
-    os.chdir(ROOT)
-    ffibuilder.compile(tmpdir=os.path.join(ROOT, "build", "cffi"),
-                       verbose=True)
+if __name__ == "__main__":  # outside setuptools (the Debian package)
+    make_builder(_platform_dir(), relative=False).compile(
+        tmpdir=os.path.join(ROOT, "build", "cffi"), verbose=True)

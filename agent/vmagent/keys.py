@@ -15,6 +15,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 
 from vmagent.errors import StateError
 from vmagent.fsutil import write_atomically
@@ -32,11 +38,17 @@ class HostKey:
 
     def __init__(self, private: Ed25519PrivateKey) -> None:
         self._private = private
-        self.public = private.public_key().public_bytes_raw()
+        self.public = private.public_key().public_bytes(
+            Encoding.Raw, PublicFormat.Raw)  # *_bytes_raw(): cryptography 40+
         self.key_id = key_id(self.public)
 
     def sign(self, data: bytes) -> bytes:
         return self._private.sign(data)
+
+    def private_raw(self) -> bytes:
+        """The 32 bytes of the private key (what ``host.key`` holds)."""
+        return self._private.private_bytes(Encoding.Raw, PrivateFormat.Raw,
+                                           NoEncryption())
 
     @classmethod
     def generate(cls) -> HostKey:
@@ -62,9 +74,7 @@ class HostKey:
             key = cls.generate()
             try:
                 state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-                write_atomically(private_path,
-                                 key._private.private_bytes_raw(),  # noqa: SLF001
-                                 mode=0o600)
+                write_atomically(private_path, key.private_raw(), mode=0o600)
             except OSError as err:
                 raise StateError(f"cannot create {private_path}: "
                                  f"{err.strerror}") from err

@@ -42,7 +42,7 @@ def hex_after(label: str) -> bytes:
 
 def test_worked_example_values_are_what_the_agent_computes():
     key = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
-    public = key.public_key().public_bytes_raw()
+    public = keys.HostKey(key).public
     assert public.hex() in EXAMPLE
     assert keys.key_id(public).hex() in EXAMPLE
     boot = "b0b0b0b0-1111-2222-3333-444444444444"
