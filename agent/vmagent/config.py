@@ -54,6 +54,7 @@ class ApiConfig:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     client_timeout_s: float = 10.0  # headers (or body) in time, idle limit
+    vm_metrics: bool = True  # per-VM series on GET /metrics
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,13 @@ def text_value(value: Any) -> str:
     return value
 
 
+def boolean(value: Any) -> bool:
+    """true or false (TOML booleans only: "yes" is a typo here)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {value!r}")
+    return value
+
+
 def _path(value: Any) -> Path:
     return Path(text_value(value))
 
@@ -282,7 +290,8 @@ _SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
     "api": (ApiConfig, {"listen": _listen, "tokens_file": _path,
                         "consumers": _names, "tls_cert": _path,
                         "tls_key": _path, "tls_client_ca": _path,
-                        "client_timeout": parse_duration}),
+                        "client_timeout": parse_duration,
+                        "vm_metrics": boolean}),
     "wal": (WalConfig, {"max_bytes": parse_size,
                         "segment_bytes": _segment_size}),
     "probes": (ProbesConfig, {"procfs": _abs_path, "sysfs": _abs_path,

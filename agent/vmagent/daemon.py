@@ -84,6 +84,8 @@ class Agent:
         self.errors: collections.deque[dict[str, Any]] = \
             collections.deque(maxlen=20)
         self.last_sweep: dict[str, Any] = {}
+        #: the last sweep's sample records: per-VM series on GET /metrics
+        self.last_samples: list[dict[str, Any]] = []
         self.sweeps = 0
         self.probe_bugs = 0  # unexpected exceptions in per-VM sampling
         self._clock_offset: int | None = None
@@ -152,6 +154,7 @@ class Agent:
                                            self.boot_id))
         records += self._clock_step(t)
         records += self._sample(t)
+        self.last_samples = [r for r in records if r["kind"] == "sample"]
         if last:
             records.append(rec.agent_stop(t))
             self._save_vms()  # when each running gen was last seen
@@ -418,6 +421,10 @@ class Agent:
         return any(vm.kvm_stats for vm in list(self.vms.running.values())) \
             or \
             Path(self.cfg.probes.debugfs, "kvm").is_dir()
+
+    def vm_samples(self) -> list[dict[str, Any]]:
+        """The last sweep's sample records (nothing is read again)."""
+        return self.last_samples
 
     def status_line(self) -> str:
         s = self.last_sweep

@@ -22,6 +22,7 @@ from vmagent.api.commits import Commits
 from vmagent.api.metrics import render
 from vmagent.api.server import MAX_BODY, Reply, Request
 from vmagent.api.source import EvidenceSource
+from vmagent.api.vm_metrics import render_vms
 from vmagent.errors import VmagentError
 from vmagent.wal import NotKept, WalConflict
 
@@ -199,7 +200,11 @@ class PullApi:
 
     async def _metrics(self, _request: Request) -> Reply:
         doc = await asyncio.to_thread(self.agent.status)
-        return Reply(200, "text/plain; version=0.0.4", render(doc).encode())
+        text = render(doc)
+        if self.agent.cfg.api.vm_metrics:
+            text += "".join(line + "\n" for line in
+                            render_vms(self.agent.vm_samples()))
+        return Reply(200, "text/plain; version=0.0.4", text.encode())
 
 
 def parse_query(qs: str) -> dict[str, str]:

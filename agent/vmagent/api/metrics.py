@@ -11,13 +11,13 @@ def _line(out: list[str], name: str, value: float | int | None,
         return
     tags = ""
     if labels:
-        tags = "{" + ",".join(f'{k}="{_escape(v)}"'
+        tags = "{" + ",".join(f'{k}="{escape(v)}"'
                               for k, v in labels.items()) + "}"
     out.append(f"{name}{tags} {float(value):g}" if isinstance(value, float)
                else f"{name}{tags} {value}")
 
 
-def _escape(value: str) -> str:
+def escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 

@@ -37,5 +37,8 @@ class EvidenceSource(Protocol):
     def status(self) -> dict[str, Any]:
         """The status document."""
 
+    def vm_samples(self) -> list[dict[str, Any]]:
+        """The last sweep's ``sample`` records (per-VM metrics)."""
+
     def drop_consumer(self, name: str) -> None:
         """A consumer stops holding WAL data, for good."""
