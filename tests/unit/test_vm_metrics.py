@@ -95,3 +95,15 @@ def test_promtool_finds_the_whole_exposition_clean():
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and not out.stdout.strip(), \
         out.stdout + out.stderr
+
+
+def test_series_are_rendered_once_per_sweep_however_often_scraped():
+    from vmagent.api.vm_metrics import VmSeries
+
+    series = VmSeries()
+    sweep = [SAMPLE]
+    first = series.text(sweep)
+    assert series.text(sweep) is first  # the same sweep: not rendered again
+    later = [{**SAMPLE, "cpu": {**SAMPLE["cpu"], "total_ns": 5 * 10**9}}]
+    assert 'vmagent_vm_cpu_seconds_total{uuid="u-1",name="we\\"b"} 5.0' \
+        in series.text(later)

@@ -22,7 +22,7 @@ from vmagent.api.commits import Commits
 from vmagent.api.metrics import render
 from vmagent.api.server import MAX_BODY, Reply, Request
 from vmagent.api.source import EvidenceSource
-from vmagent.api.vm_metrics import render_vms
+from vmagent.api.vm_metrics import VmSeries
 from vmagent.errors import VmagentError
 from vmagent.wal import NotKept, WalConflict
 
@@ -48,6 +48,7 @@ class ApiError(VmagentError):
 class PullApi:
     def __init__(self, agent: EvidenceSource, commits: Commits) -> None:
         self.agent, self.commits = agent, commits
+        self.vm_series = VmSeries()
         self._handlers: dict[str, Callable[[Request], Awaitable[Reply]]] = {
             "/v1/batches": self._batches, "/v1/ack": self._ack,
             "/v1/status": self._status, "/metrics": self._metrics}
@@ -202,8 +203,7 @@ class PullApi:
         doc = await asyncio.to_thread(self.agent.status)
         text = render(doc)
         if self.agent.cfg.api.vm_metrics:
-            text += "".join(line + "\n" for line in
-                            render_vms(self.agent.vm_samples()))
+            text += self.vm_series.text(self.agent.vm_samples())
         return Reply(200, "text/plain; version=0.0.4", text.encode())
 
 

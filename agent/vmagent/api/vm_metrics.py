@@ -130,26 +130,37 @@ FAMILIES: list[tuple[str, str, str, Extract]] = [
 
 def render_vms(samples: Sequence[dict[str, Any]]) -> list[str]:
     """The exposition lines of every family for these sample records."""
+    vms = [(s, f'uuid="{escape(s["vm"]["uuid"])}",'
+               f'name="{escape(s["vm"]["name"])}"') for s in samples]
     out: list[str] = ["# HELP vmagent_vm_info the VMs of the last sweep; "
                       "gen tells a VM's runs apart",
                       "# TYPE vmagent_vm_info gauge"]
-    for s in samples:
-        out.append(_series("vmagent_vm_info", {
-            **_vm(s), "gen": s["vm"]["gen"],
-            "hypervisor": s["vm"].get("hypervisor", "")}, 1))
+    out += [f'vmagent_vm_info{{{vm},gen="{escape(s["vm"]["gen"])}",'
+            f'hypervisor="{escape(s["vm"].get("hypervisor", ""))}"}} 1'
+            for s, vm in vms]
     for name, kind, text, extract in FAMILIES:
-        lines = [_series(name, {**_vm(s), **labels}, value)
-                 for s in samples for labels, value in extract(s)]
+        lines = [f"{name}{{{vm}{_tags(labels)}}} {value!r}"
+                 for s, vm in vms for labels, value in extract(s)]
         if lines:
             out += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", *lines]
     return out
 
 
-def _vm(sample: dict[str, Any]) -> Labels:
-    return {"uuid": sample["vm"]["uuid"], "name": sample["vm"]["name"]}
+def _tags(labels: Labels) -> str:
+    return "".join(f',{k}="{escape(v)}"' for k, v in labels.items())
 
 
-def _series(name: str, labels: Labels, value: float) -> str:
-    tags = ",".join(f'{k}="{escape(v)}"' for k, v in labels.items())
-    number = repr(value) if isinstance(value, float) else str(value)
-    return f"{name}{{{tags}}} {number}"
+class VmSeries:
+    """The per-VM exposition of the last sweep, rendered once per sweep
+    however often it is scraped (the daemon replaces the list each
+    sweep)."""
+
+    def __init__(self) -> None:
+        self._of: object = None
+        self._text = ""
+
+    def text(self, samples: Sequence[dict[str, Any]]) -> str:
+        if samples is not self._of:
+            self._text = "".join(f"{line}\n" for line in render_vms(samples))
+            self._of = samples
+        return self._text
