@@ -11,7 +11,12 @@ import pytest
 
 from vmagent.collector.cli import SILENT_AFTER_S, host_state, main
 from vmagent.collector.ingest import Ingest
-from vmagent.collector.store import HostRow, SqliteStore, open_store
+from vmagent.collector.store import (
+    MIGRATIONS,
+    HostRow,
+    SqliteStore,
+    open_store,
+)
 from vmagent.keys import load_public_key
 
 KEY = bytes(range(32))
@@ -136,7 +141,8 @@ def test_store_keeps_the_newest_inventory_t(tmp_path):
 
 def test_status_on_an_old_schema_asks_for_migrate(cfg, tmp_path, capsys):
     store = open_store(tmp_path / "s")
-    store._read("DELETE FROM schema_version WHERE version = 3")  # noqa: SLF001
+    store._read("DELETE FROM schema_version WHERE version = ?",  # noqa: SLF001
+                (len(MIGRATIONS),))
     store.close()
     assert main(["status", "-c", str(cfg)]) == 3
     assert "run `vmcollector migrate`" in capsys.readouterr().err

@@ -22,6 +22,7 @@ from vmagent import log
 from vmagent._version import __version__
 from vmagent.cli import with_config
 from vmagent.collector import config as config_mod
+from vmagent.collector.client import TlsError, read_pem, tls_context
 from vmagent.collector.store import (
     MIGRATIONS,
     HostRow,
@@ -32,6 +33,7 @@ from vmagent.collector.store import (
 )
 from vmagent.errors import ConfigError, StateError, VmagentError
 from vmagent.keys import HostKey
+from vmagent.ledger import cli as ledger_cli
 from vmagent.sdnotify import Notifier
 
 SILENT_AFTER_S = 180.0  # no inventory record with a t this recent: silent
@@ -60,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
                             help="the whole status document")
         sp.set_defaults(func=func)
     _hosts_command(sub)
+    ledger_cli.register(sub)  # usage, history, rebuild (ledger/cli.py)
     key = sub.add_parser("key", help="this instance's Ed25519 key") \
         .add_subparsers(dest="key_command", metavar="ACTION", required=True)
     show = _with_config(key.add_parser(
@@ -83,7 +86,12 @@ def _hosts_command(sub: Any) -> None:
     add.add_argument("--pubkey", required=True, metavar="F|HEX",
                      help="the host's public key: a file (raw or hex) or "
                           "64 hex digits; pinned")
-    add.add_argument("--token-file", required=True, metavar="F")
+    add.add_argument("--token-file", metavar="F",
+                     help="the consumer's bearer token (its value is stored)")
+    add.add_argument("--cert", metavar="F", help="mutual TLS: the client "
+                     "certificate, PEM (stored, with --key)")
+    add.add_argument("--key", metavar="F", help="mutual TLS: the client "
+                     "certificate's private key, PEM")
     add.add_argument("--consumer", default="default", metavar="NAME")
     add.add_argument("--cacert", metavar="F",
                      help="CA certificate for an https:// agent")
@@ -140,8 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
-    for host in cfg.hosts:
-        _read_token(cfg, host)
+    _read_credentials(cfg)
     print(f"{cfg.source}: OK ({len(cfg.hosts)} hosts)")
     return 0
 
@@ -162,14 +169,14 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from vmagent.collector.ingest import Ingest
-    from vmagent.collector.metrics import Metrics, MonitorServer
+    from vmagent.collector.metrics import Metrics
 
     cfg = config_mod.load(args.config)
-    tokens = {h.name: _read_token(cfg, h) for h in cfg.hosts}
+    creds = _read_credentials(cfg)
     key = HostKey.load_or_create(cfg.state_dir)
     store = open_store(cfg.state_dir, cfg.store)
     store.put_instance_key(cfg.instance_name, key.public, key.key_id.hex())
-    _put_hosts(store, cfg, tokens)
+    _put_hosts(store, cfg, creds)
     stop, reload = threading.Event(), threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -178,41 +185,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     ingest = Ingest(store, cfg.pull_interval_s, cfg.instance_name,
                     cfg.lease_s, cfg.read_timeout_s, metrics)
     logger = log.get_logger()
-    monitor = None
-    if cfg.listen is not None:
-        try:
-            monitor = MonitorServer(
-                cfg.listen, metrics,
-                lambda: status_document(store, cfg)).start()
-        except OSError as err:  # ingest matters more than its metrics
-            logger.error("monitor_listen_failed",
-                         listen=f"{cfg.listen[0]}:{cfg.listen[1]}",
-                         error=err.strerror or str(err))
-        else:
-            logger.info("monitor_listening",
-                        listen=f"{monitor.address[0]}:{monitor.address[1]}")
+    monitor = _monitor(cfg, store, metrics)
     logger.info("collector_started", store=store.describe(),
                 instance=cfg.instance_name, lease_s=cfg.lease_s,
                 hosts=len(store.hosts()))
     ingest.start()
-    notifier = Notifier()
-    notifier.send(ready="1", status=f"pulling {len(ingest.threads)} hosts")
-    last_ping = time.monotonic()
-
-    def between() -> None:
-        nonlocal cfg, last_ping
-        if reload.is_set():
-            reload.clear()
-            cfg = _reload(args.config, cfg, store, ingest)
-            notifier.send(status=f"reloaded; pulling {len(ingest.threads)} "
-                          "hosts")
-        if notifier.watchdog_s is not None and \
-                time.monotonic() - last_ping >= notifier.watchdog_s / 2:
-            notifier.send(watchdog="1")
-            last_ping = time.monotonic()
-
-    ingest.run(stop, between)
-    notifier.send(stopping="1")
+    service = _Service(args.config, cfg, store, ingest, reload)
+    ingest.run(stop, service.between)
+    service.notifier.send(stopping="1")
     logger.info("collector_stopping")
     ingest.shutdown()
     if monitor is not None:
@@ -222,11 +202,65 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _monitor(cfg: config_mod.CollectorConfig, store: SqlStore,
+             metrics: Any) -> Any:
+    """The ``listen`` server, or None (off, or its address taken: ingest
+    matters more than its metrics, so that is logged, not fatal)."""
+    from vmagent.collector.metrics import MonitorServer
+
+    if cfg.listen is None:
+        return None
+    logger = log.get_logger()
+    try:
+        monitor = MonitorServer(cfg.listen, metrics,
+                                lambda: status_document(store, cfg)).start()
+    except OSError as err:
+        logger.error("monitor_listen_failed",
+                     listen=f"{cfg.listen[0]}:{cfg.listen[1]}",
+                     error=err.strerror or str(err))
+        return None
+    logger.info("monitor_listening",
+                listen=f"{monitor.address[0]}:{monitor.address[1]}")
+    return monitor
+
+
+class _Service:
+    """What ``run`` does between lease rounds: a SIGHUP's reload and the
+    systemd watchdog's ping (``Type=notify``)."""
+
+    def __init__(self, path: Path | None, cfg: config_mod.CollectorConfig,
+                 store: SqlStore, ingest: Any,
+                 reload: threading.Event) -> None:
+        self.path, self.cfg, self.store, self.ingest = path, cfg, store, ingest
+        self.reload = reload
+        self.notifier = Notifier()
+        self.notifier.send(ready="1",
+                           status=f"pulling {len(ingest.threads)} hosts")
+        self.last_ping = time.monotonic()
+
+    def between(self) -> None:
+        if self.reload.is_set():
+            self.reload.clear()
+            self.cfg = _reload(self.path, self.cfg, self.store, self.ingest)
+            self.notifier.send(status="reloaded; pulling "
+                               f"{len(self.ingest.threads)} hosts")
+        watchdog = self.notifier.watchdog_s
+        if watchdog is not None and \
+                time.monotonic() - self.last_ping >= watchdog / 2:
+            self.notifier.send(watchdog="1")
+            self.last_ping = time.monotonic()
+
+
+Credentials = tuple[str | None, str | None, str | None]  # token, cert, key
+
+
 def _put_hosts(store: SqlStore, cfg: config_mod.CollectorConfig,
-               tokens: dict[str, str | None]) -> None:
+               creds: dict[str, Credentials]) -> None:
     for h in cfg.hosts:  # the config wins for its names
-        store.put_host(HostRow(h.name, h.url, h.consumer, tokens[h.name],
-                               h.pubkey, str(h.cacert) if h.cacert else None))
+        token, cert, key = creds[h.name]
+        store.put_host(HostRow(h.name, h.url, h.consumer, token, h.pubkey,
+                               str(h.cacert) if h.cacert else None,
+                               cert_pem=cert, key_pem=key))
 
 
 _RESTART_KEYS = ("state_dir", "store", "instance", "lease_s", "listen")
@@ -242,8 +276,7 @@ def _reload(path: Path | None, old: config_mod.CollectorConfig,
     logger = log.get_logger()
     try:
         new = config_mod.load(path)
-        tokens = {h.name: _read_token(new, h) for h in new.hosts}
-        _put_hosts(store, new, tokens)
+        _put_hosts(store, new, _read_credentials(new))
     except (VmagentError, OSError) as err:
         logger.error("reload_failed", error=str(err),
                      kept=old.source)
@@ -257,17 +290,57 @@ def _reload(path: Path | None, old: config_mod.CollectorConfig,
     return new
 
 
-def _read_token(cfg: config_mod.CollectorConfig,
-                host: config_mod.HostConfig) -> str | None:
-    if host.token_file is None:
-        return None
+def _read_credentials(cfg: config_mod.CollectorConfig) \
+        -> dict[str, Credentials]:
+    """Every ``[[hosts]]``'s token or certificate and key, read (their
+    values go into the store) and checked to load; ConfigError naming
+    the host's key otherwise."""
+    out = {}
+    for i, host in enumerate(cfg.hosts):
+        where = f"hosts[{i}]"
+        try:
+            out[host.name] = _credentials(
+                host.token_file, host.cert, host.key,
+                str(host.cacert) if host.cacert else None)
+        except _CredentialError as err:
+            raise ConfigError(cfg.source, f"{where}.{err.key}",
+                              err.text) from None
+    return out
+
+
+class _CredentialError(VmagentError):
+    def __init__(self, key: str, text: str) -> None:
+        super().__init__(f"--{key.replace('_', '-')}: {text}")
+        self.key, self.text = key, text
+
+
+def _credentials(token_file: Path | None, cert: Path | None,
+                 key: Path | None, cacert: str | None) -> Credentials:
+    """(token, certificate PEM, key PEM) from their files; a certificate
+    and key are checked to load together (with ``cacert``, if any)."""
+    if token_file is not None:
+        try:
+            return token_file.read_text().strip(), None, None
+        except OSError as err:
+            raise _CredentialError("token_file", f"cannot read {token_file}"
+                                   f": {err.strerror or err}") from None
+    assert cert is not None and key is not None
     try:
-        return host.token_file.read_text().strip()
-    except OSError as err:
-        i = cfg.hosts.index(host)
-        raise ConfigError(cfg.source, f"hosts[{i}].token_file",
-                          f"cannot read {host.token_file}: "
-                          f"{err.strerror or err}") from None
+        cert_pem = read_pem(str(cert), "certificate")
+    except TlsError as err:
+        raise _CredentialError("cert", str(err)) from None
+    for name, check in (("cacert", lambda: tls_context(cacert)),
+                        ("key", lambda: read_pem(str(key), "key"))):
+        try:
+            check()
+        except TlsError as err:
+            raise _CredentialError(name, str(err)) from None
+    key_pem = read_pem(str(key), "key")
+    try:
+        tls_context(cacert, cert_pem, key_pem)
+    except TlsError as err:
+        raise _CredentialError("key", str(err)) from None
+    return None, cert_pem, key_pem
 
 
 def _existing_store(cfg: config_mod.CollectorConfig) -> SqlStore:
@@ -376,35 +449,53 @@ def _rfc3339(ts: float | None) -> str | None:
 
 def cmd_hosts_add(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
-    try:
-        key = config_mod.pubkey(args.pubkey)
-        token = Path(args.token_file).read_text().strip()
-    except (TypeError, ValueError) as err:
-        raise StateError(f"--pubkey: {err}") from None
-    except OSError as err:
-        raise StateError(f"--token-file: cannot read {args.token_file}: "
-                         f"{err.strerror or err}") from None
+    problem = config_mod.credentials_error(
+        args.token_file is not None, args.cert is not None,
+        args.key is not None, args.url)
+    if problem is not None:
+        flag = "URL" if problem[0] == "url" else \
+            "--" + problem[0].replace("_", "-")
+        print(f"vmcollector: {flag}: {problem[1]}", file=sys.stderr)
+        return EXIT_USAGE
     if not args.url.startswith(("http://", "https://")):
         print(f"vmcollector: URL must be http:// or https://, got "
               f"{args.url!r}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        key = config_mod.pubkey(args.pubkey)
+    except (TypeError, ValueError) as err:
+        raise StateError(f"--pubkey: {err}") from None
+    cacert = str(Path(args.cacert).resolve()) if args.cacert else None
+    token, cert_pem, key_pem = _credentials(
+        _path(args.token_file), _path(args.cert), _path(args.key), cacert)
     store = open_store(cfg.state_dir, cfg.store)
     try:
         store.put_host(HostRow(args.name, args.url, args.consumer, token, key,
-                               str(Path(args.cacert).resolve())
-                               if args.cacert else None))
+                               cacert, cert_pem=cert_pem, key_pem=key_pem))
     finally:
         store.close()
-    print(f"host {args.name} added ({args.url}, consumer {args.consumer})")
+    auth = "client certificate" if cert_pem else f"consumer {args.consumer}"
+    print(f"host {args.name} added ({args.url}, {auth})")
     return 0
+
+
+def _path(value: str | None) -> Path | None:
+    return None if value is None else Path(value)
 
 
 def cmd_hosts_list(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
     store = _existing_store(cfg)
     try:
+        keys: dict[str, list[dict[str, Any]]] = {}
+        for host, key_id, pub, added in store.host_keys():
+            keys.setdefault(host, []).append(
+                {"key_id": key_id, "pubkey": pub.hex(),
+                 "added": _rfc3339(added)})
         rows = [{"name": h.name, "url": h.url, "consumer": h.consumer,
+                 "auth": "certificate" if h.cert_pem else "token",
                  "pubkey": h.pubkey.hex(), "cacert": h.cacert,
+                 "keys": keys.get(h.name, []),
                  "state": host_state(h, time.time())}
                 for h in store.hosts()]
     finally:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import ssl
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -24,8 +26,9 @@ from vmagent.frames import (  # the verifier, for the collector's users
     verify_batch,
 )
 
-__all__ = ["BadReply", "ChainState", "Client", "PullError", "Unreachable",
-           "VerifyError", "unexplained", "verify_batch"]
+__all__ = ["BadReply", "ChainState", "Client", "PullError", "TlsError",
+           "Unreachable", "VerifyError", "tls_context", "unexplained",
+           "verify_batch"]
 
 # A reply is at most 4 MiB plus one frame (docs/protocol.md); a frame is
 # one commit.  Anything far above is not an agent's batch.
@@ -39,12 +42,13 @@ class Unreachable(urllib.error.URLError):
     look at ``reason`` still can, and an OSError like every connection
     failure; its message says where and why in words."""
 
-    def __init__(self, url: str, reason: BaseException | str) -> None:
+    def __init__(self, url: str, reason: BaseException | str,
+                 hint: str = "") -> None:
         super().__init__(reason)
-        self.url = url
+        self.url, self.hint = url, hint
 
     def __str__(self) -> str:
-        return f"cannot reach {self.url}: {_words(self.reason)}"
+        return f"cannot reach {self.url}: {_words(self.reason)}{self.hint}"
 
 
 def _words(reason: BaseException | str) -> str:
@@ -71,8 +75,59 @@ class PullError(VmagentError):
         self.status, self.body = status, body
 
 
+class TlsError(VmagentError):
+    """A CA certificate, client certificate or key that does not load."""
+
+
+def tls_context(cacert: str | None, cert_pem: str | None = None,
+                key_pem: str | None = None) -> ssl.SSLContext:
+    """A client context that verifies the agent against ``cacert`` (a
+    file; the system store without one) and, for mutual TLS, presents
+    the certificate and key given as PEM text (what the collector's
+    store keeps).  ``ssl`` loads a chain only from files: they are
+    written to a private temporary directory and removed at once."""
+    try:
+        ctx = ssl.create_default_context(cafile=cacert)
+    except (OSError, ssl.SSLError) as err:
+        raise TlsError(f"cannot load CA certificate {cacert}: "
+                       f"{getattr(err, 'strerror', None) or err}") from None
+    if cert_pem is None and key_pem is None:
+        return ctx
+    if not cert_pem or not key_pem:
+        raise TlsError("mutual TLS needs both a certificate and its key")
+    with tempfile.TemporaryDirectory(prefix="vmcollector-tls-") as d:
+        paths = []
+        for name, text in (("cert.pem", cert_pem), ("key.pem", key_pem)):
+            path = os.path.join(d, name)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            paths.append(path)
+        try:
+            ctx.load_cert_chain(paths[0], paths[1])
+        except ssl.SSLError as err:
+            raise TlsError("client certificate and key do not load "
+                           f"together: {err.reason or err}") from None
+    return ctx
+
+
+def read_pem(path: str, what: str) -> str:
+    """A PEM file's text, or TlsError naming the file (no PEM block in
+    it is an error too)."""
+    try:
+        with open(path, encoding="ascii") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as err:
+        why = getattr(err, "strerror", None) or "not PEM text"
+        raise TlsError(f"cannot read {what} {path}: {why}") from None
+    if "-----BEGIN " not in text:
+        raise TlsError(f"{what} {path} holds no PEM block")
+    return text
+
+
 class Client:
-    """HTTP access to one agent's pull API with a bearer token.
+    """HTTP access to one agent's pull API with a bearer token or, for
+    mutual TLS, the client certificate in ``ssl_context`` (no token).
 
     ``timeout`` bounds every socket operation and the whole reply: a
     reply not complete ``timeout`` seconds after the request was sent is
@@ -82,10 +137,11 @@ class Client:
     def __init__(self, url: str, consumer: str, token: str | None,
                  timeout: float = 90.0,
                  ssl_context: ssl.SSLContext | None = None,
-                 max_body: int = MAX_BODY) -> None:
+                 max_body: int = MAX_BODY, client_cert: bool = False) -> None:
         self.url, self.consumer, self.token = url.rstrip("/"), consumer, token
         self.timeout, self.ssl_context = timeout, ssl_context
         self.max_body = max_body
+        self.client_cert = client_cert  # ssl_context presents one
 
     def _request(self, path: str, body: bytes | None = None,
                  ctype: str = "") -> bytes:
@@ -97,9 +153,14 @@ class Client:
         try:
             return self._open(req)
         except http.client.HTTPException as err:  # cut off mid-response:
+            where = f"{self.url}{path.split('?')[0]}"
+            if isinstance(err, http.client.RemoteDisconnected):
+                raise ConnectionError(
+                    f"{where}: the agent closed the connection without a "
+                    f"reply{self._hint()}") from None
             raise ConnectionError(  # an agent restarting, like a refusal
-                f"{self.url}{path.split('?')[0]}: response cut off "
-                f"({type(err).__name__})") from None
+                f"{where}: response cut off ({type(err).__name__})") \
+                from None
 
     def _open(self, req: urllib.request.Request) -> bytes:
         deadline = time.monotonic() + self.timeout
@@ -117,7 +178,18 @@ class Client:
                 doc = {"error": raw[:200].decode("utf-8", "replace")}
             raise PullError(err.code, doc) from None
         except urllib.error.URLError as err:  # not connected at all
-            raise Unreachable(self.url, err.reason) from None
+            reset = isinstance(err.reason, (ConnectionResetError,
+                                            ssl.SSLError))
+            raise Unreachable(self.url, err.reason,
+                              self._hint() if reset else "") from None
+
+    def _hint(self) -> str:
+        """TLS 1.3 refuses a missing client certificate after the
+        handshake: the client sees a reset or a closed connection."""
+        if self.ssl_context is None or self.client_cert:
+            return ""
+        return " (does the agent require a client certificate? give cert " \
+            "and key)"
 
     def _body(self, resp: http.client.HTTPResponse,
               deadline: float) -> bytes:

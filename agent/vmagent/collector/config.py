@@ -38,6 +38,8 @@ class HostConfig:
     token_file: Path | None = None
     pubkey: bytes = b""  # 32 bytes, pinned
     cacert: Path | None = None
+    cert: Path | None = None  # mutual TLS: the client certificate (PEM)
+    key: Path | None = None  # and its private key (PEM)
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,8 @@ def _store(value: Any) -> str:
     return text
 
 
-_HOST_KEYS = ("name", "url", "consumer", "token_file", "pubkey", "cacert")
+_HOST_KEYS = ("name", "url", "consumer", "token_file", "cert", "key",
+              "pubkey", "cacert")
 
 
 def _host(source: str, i: int, table: Any) -> HostConfig:
@@ -161,9 +164,10 @@ def _host(source: str, i: int, table: Any) -> HostConfig:
         if key not in _HOST_KEYS:
             raise ConfigError(source, f"{where}.{key}", "unknown key; "
                               f"expected one of {', '.join(_HOST_KEYS)}")
-    for key in ("name", "url", "pubkey", "token_file"):
+    for key in ("name", "url", "pubkey"):
         if key not in table:
             raise ConfigError(source, f"{where}.{key}", "missing")
+    _credentials(source, where, table)
     out: dict[str, Any] = {}
     for key, value in table.items():
         try:
@@ -171,6 +175,31 @@ def _host(source: str, i: int, table: Any) -> HostConfig:
         except (TypeError, ValueError, StateError) as err:
             raise ConfigError(source, f"{where}.{key}", str(err)) from None
     return HostConfig(**out)
+
+
+def credentials_error(token: bool, cert: bool, key: bool,
+                      url: str) -> tuple[str, str] | None:
+    """(key, problem) when the credentials are not exactly one of a token
+    or a certificate with its key (over https://); None when they are.
+    The one rule for ``[[hosts]]`` and ``hosts add``."""
+    if token and (cert or key):
+        return ("token_file", "give either token_file or cert and key "
+                "(mutual TLS), not both")
+    if cert != key:
+        return ("key" if cert else "cert", "missing (mutual TLS needs both "
+                "cert and key)")
+    if not token and not cert:
+        return ("token_file", "missing (or cert and key for mutual TLS)")
+    if cert and not url.startswith("https://"):
+        return ("url", f"mutual TLS needs an https:// URL, got {url!r}")
+    return None
+
+
+def _credentials(source: str, where: str, table: dict[str, Any]) -> None:
+    problem = credentials_error("token_file" in table, "cert" in table,
+                                "key" in table, str(table.get("url", "")))
+    if problem is not None:
+        raise ConfigError(source, f"{where}.{problem[0]}", problem[1])
 
 
 def _name(value: Any) -> str:
@@ -197,4 +226,6 @@ def pubkey(value: str) -> bytes:
 
 _HOST_FIELDS = {"name": _name, "url": _url, "consumer": _name,
                 "token_file": lambda v: Path(text_value(v)), "pubkey": pubkey,
-                "cacert": lambda v: Path(text_value(v))}
+                "cacert": lambda v: Path(text_value(v)),
+                "cert": lambda v: Path(text_value(v)),
+                "key": lambda v: Path(text_value(v))}

@@ -2,9 +2,12 @@
 with ``vmagent.frames`` and the pinned key, stores the batch in one
 transaction, commits, then acks (docs/collector.md).
 
-A slow or dead host holds up only its own thread.  A frame that fails
-verification turns the host ``untrusted``: the frames before it are
-stored and acked, nothing of it.  A store error: no ack, back off, retry.
+A slow or dead host holds up only its own thread.  Each frame is checked
+with the pinned key its key id names (a host keeps every key it had).  A
+frame that fails verification turns the host ``untrusted``: the frames
+before it are stored and acked, nothing of it.  Seqs skipped without a gap
+record or a 410 are stored as missing with the batch.  A store error: no
+ack, back off, retry.
 
 ``Ingest`` pulls the hosts this instance holds a lease on
 (docs/collector.md): every ``tick`` (a fifth of the lease) it heartbeats,
@@ -21,14 +24,17 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
-from vmagent.api.tls import client_context
-from vmagent.collector.client import Client, PullError
+from vmagent.collector.client import Client, PullError, TlsError, tls_context
 from vmagent.collector.metrics import Metrics
 from vmagent.collector.store import (
+    MISSING_AT_SOURCE,
+    NOT_PULLED,
+    SKIPPED,
+    Claim,
     EvidenceConflict,
     HostRow,
     LeaseLost,
@@ -37,6 +43,7 @@ from vmagent.collector.store import (
     StoreError,
 )
 from vmagent.frames import ChainState, VerifyError, verify_batch
+from vmagent.ledger import book as ledger_book
 from vmagent.log import get_logger
 
 # records per pull: 4000 VM samples (~650 B) are ~2.6 MB, under the
@@ -75,7 +82,11 @@ class HostIngest(threading.Thread):
         self.pending: list[tuple[int, int, str]] = []  # missing, unsaved
         self.failures = 0
         self.full_since: float | None = None
-        self.client = _client(host, self.wait_s + read_timeout_s)
+        self.keys = host.pinned()
+        self.timeout_s = self.wait_s + read_timeout_s
+        self.client: Client | None = None  # None: credentials do not load
+        with suppress(TlsError):  # else failing, from the first pull on
+            self.client = _client(host, self.timeout_s)
 
     def run(self) -> None:
         self.log.info("ingest_started", wal=_hex(self.state.wal),
@@ -104,8 +115,13 @@ class HostIngest(threading.Thread):
         """One pull.  True: progress or nothing new; None: retry after a
         backoff; False: the host is untrusted, stop pulling it."""
         try:
+            if self.client is None:
+                self.client = _client(self.host, self.timeout_s)
             batch = self.client.batch(self.state.last_seq, self.state.wal,
                                       self.wait_s, self.max_records)
+        except TlsError as err:  # stored credentials that do not load
+            self._failed(str(err))
+            return None
         except PullError as err:
             return self._pull_error(err)
         except VerifyError as err:
@@ -120,20 +136,11 @@ class HostIngest(threading.Thread):
 
     def _ingest(self, batch: dict[str, Any]) -> bool | None:
         before = _snapshot(self.state)
-        frames, failure = self._verify(batch)
+        frames, skipped, failure = self._verify(batch)
         try:
             if self.state.wal and (frames or self.pending or
                                    self.state.wal != self.host.wal):
-                progress = self._progress(frames)
-                began = time.monotonic()
-                self.store.save_batch(self.host.name, self.state.wal,
-                                      frames, self.pending,
-                                      self.state.last_seq,
-                                      self.state.last_hash, owner=self.owner,
-                                      **progress)
-                self._count(frames, time.monotonic() - began, progress)
-                self.host = replace(self.host, wal=self.state.wal)
-                self.pending = []
+                self._save(frames, self.pending + skipped)
             else:
                 self._mark_ok(frames)
         except StoreError:
@@ -153,19 +160,45 @@ class HostIngest(threading.Thread):
             return self._untrusted(failure)
         return True
 
+    def _save(self, frames: list[StoredFrame],
+              missing: list[tuple[int, int, str]]) -> None:
+        """The batch, the missing ranges and the cursor in one
+        transaction (fenced by the lease)."""
+        assert self.state.wal is not None
+        progress = self._progress(frames)
+        began = time.monotonic()
+        self.store.save_batch(self.host.name, self.state.wal, frames,
+                              missing, self.state.last_seq,
+                              self.state.last_hash, owner=self.owner,
+                              **progress)
+        self._count(frames, time.monotonic() - began, progress)
+        self.host = replace(self.host, wal=self.state.wal)
+        self.pending = []
+        if frames:  # the usage ledger follows, in its own transaction
+            ledger_book.follow(self.store, self.host.name, self.state.wal)
+        for a, b, reason in missing:
+            self.log.warning("missing_recorded", from_seq=a, to_seq=b,
+                             reason=reason)
+
     def _verify(self, batch: dict[str, Any]) \
-            -> tuple[list[StoredFrame], str | None]:
-        """The frames that verify, up to the first that does not (and why
-        it did not)."""
+            -> tuple[list[StoredFrame], list[tuple[int, int, str]],
+                     str | None]:
+        """The frames that verify, up to the first that does not; the seqs
+        they skipped that no gap record explains; why the first bad frame
+        failed (None: none did).  Each frame is checked with the pinned
+        key its key id names (an unknown key id: the current key, which
+        fails as "signed by another key")."""
         out: list[StoredFrame] = []
+        skips: list[tuple[int, int]] = []
         for f in batch.get("frames") or []:
-            held = self.state.last_seq
+            held, known = self.state.last_seq, len(self.state.missing)
             try:
                 recs = list(verify_batch({**batch, "frames": [f]}, self.state,
-                                         self.host.pubkey))
+                                         self._key_for(f)))
             except VerifyError as err:
-                return out, str(err)
+                return out, self._skipped(skips), str(err)
             if self.state.last_seq > held:
+                skips += self.state.missing[known:]
                 out.append(StoredFrame(
                     int(f["first_seq"]), int(f["last_seq"]), bytes(f["hash"]),
                     bytes(f["prev_hash"]), bytes(f["sig"]), str(f["key_id"]),
@@ -175,7 +208,20 @@ class HostIngest(threading.Thread):
             wal = batch.get("wal")  # an empty WAL: remember which it is
             if isinstance(wal, bytes) and len(wal) == 16:
                 self.state.wal = wal
-        return out, None
+        return out, self._skipped(skips), None
+
+    def _key_for(self, frame: Any) -> bytes:
+        key_id = frame.get("key_id") if isinstance(frame, dict) else None
+        return self.keys.get(key_id, self.host.pubkey) \
+            if isinstance(key_id, str) else self.host.pubkey
+
+    def _skipped(self, skips: list[tuple[int, int]]) \
+            -> list[tuple[int, int, str]]:
+        """Seqs the agent skipped (no 410) that no gap record seen so far
+        explains: missing, never silently (a gap record that comes later
+        replaces the row, docs/collector.md)."""
+        return [(a, b, SKIPPED) for a, b in skips
+                if not self.state.covered(a, b)]
 
     def _progress(self, frames: list[StoredFrame]) -> dict[str, Any]:
         now = time.time()
@@ -217,7 +263,7 @@ class HostIngest(threading.Thread):
 
     def _ack(self) -> None:
         wal, seq = self.state.wal, self.state.last_seq
-        assert wal is not None
+        assert wal is not None and self.client is not None
         try:
             self.client.ack(wal, seq)
         except (PullError, OSError) as err:  # stored: it only comes again
@@ -237,7 +283,7 @@ class HostIngest(threading.Thread):
                 and b >= self.state.last_seq:
             # stored with the next batch, in its transaction, with the cursor
             self.log.warning("missing_at_source", from_seq=a, to_seq=b)
-            self.pending.append((a, b, "missing at the source (410)"))
+            self.pending.append((a, b, MISSING_AT_SOURCE))
             self.state.last_seq, self.state.last_hash = b, None
             return True
         self._failed(str(err))
@@ -263,12 +309,13 @@ class HostIngest(threading.Thread):
 
 
 def _client(host: HostRow, timeout_s: float) -> Client:
+    """The host's pull client: a bearer token, or mutual TLS with the
+    stored certificate and key."""
     context = None
     if host.url.startswith("https:"):
-        context = client_context(Path(host.cacert) if host.cacert else None,
-                                 None, None)
+        context = tls_context(host.cacert, host.cert_pem, host.key_pem)
     return Client(host.url, host.consumer, host.token, timeout=timeout_s,
-                  ssl_context=context)
+                  ssl_context=context, client_cert=host.cert_pem is not None)
 
 
 def _snapshot(state: ChainState) -> ChainState:
@@ -312,18 +359,32 @@ class Ingest:
         except StoreError as err:
             self.log.warning("lease_round_failed", error=str(err))
             return
+        self._note_claimed(claim)
+        self._note_not_pulled(rows)
+        keep = set(claim.held) - set(claim.excess)
+        self._halt_outdated(keep, rows)
+        self._give_back(claim)
+        self._start_pullers(keep, rows)
+
+    def _note_claimed(self, claim: Claim) -> None:
         if claim.taken:
             self.metrics.lease_changed("claimed", len(claim.taken))
         for host, previous in claim.taken.items():
             self.log.info("lease_claimed", host=host, previous=previous,
                           live_instances=claim.live)
+
+    def _note_not_pulled(self, rows: dict[str, HostRow]) -> None:
+        """Log once when a host turns untrusted or retired."""
         for name, row in rows.items():
-            if row.state in ("untrusted", "retired") and \
-                    self.noted.get(name) != row.state:
+            if row.state in NOT_PULLED and self.noted.get(name) != row.state:
                 get_logger(host=name).warning(
                     "host_not_pulled", state=row.state, error=row.error)
             self.noted[name] = row.state
-        keep = set(claim.held) - set(claim.excess)
+
+    def _halt_outdated(self, keep: set[str],
+                       rows: dict[str, HostRow]) -> None:
+        """Stop the pullers of hosts no longer held, gone, stopped, or
+        whose settings changed (restarted by ``_start_pullers``)."""
         for name in list(self.threads):
             t = self.threads[name]
             now = rows.get(name)
@@ -331,21 +392,27 @@ class Ingest:
                     now.settings() != t.host.settings():
                 t.halt()
                 del self.threads[name]
-        if claim.excess:
-            try:
-                self.store.release(self.instance, claim.excess)
-            except StoreError as err:
-                self.log.warning("lease_release_failed", error=str(err))
-            else:
-                self.metrics.lease_changed("released", len(claim.excess))
-                for host in claim.excess:
-                    self.log.info("lease_released", host=host,
-                                  reason="fair share",
-                                  live_instances=claim.live)
+
+    def _give_back(self, claim: Claim) -> None:
+        """Release the leases above this instance's fair share."""
+        if not claim.excess:
+            return
+        try:
+            self.store.release(self.instance, claim.excess)
+        except StoreError as err:
+            self.log.warning("lease_release_failed", error=str(err))
+            return
+        self.metrics.lease_changed("released", len(claim.excess))
+        for host in claim.excess:
+            self.log.info("lease_released", host=host, reason="fair share",
+                          live_instances=claim.live)
+
+    def _start_pullers(self, keep: set[str],
+                       rows: dict[str, HostRow]) -> None:
         for name in sorted(keep):
             new = rows.get(name)
             if name in self.threads or new is None or \
-                    new.state in ("untrusted", "retired"):
+                    new.state in NOT_PULLED:
                 continue
             t = HostIngest(self.store, new, threading.Event(), self.wait_s,
                            owner=self.instance,

@@ -61,56 +61,62 @@ class Metrics:
         """The Prometheus text exposition."""
         now = time.time() if now is None else now
         out: list[str] = []
-
-        def family(name: str, kind: str, text: str) -> None:
-            out.append(f"# HELP {name} {text}")
-            out.append(f"# TYPE {name} {kind}")
-
         with self.lock:
             hosts = sorted(set(self.verified) | set(self.rejected)
                            | set(self.behind))
-            family("vmcollector_host_behind_records", "gauge",
-                   "Records the host's agent holds beyond what is stored "
-                   "(0: the last reply was not full; absent: unknown).")
-            for h in hosts:
-                if self.behind.get(h) is not None:
-                    out.append(f'vmcollector_host_behind_records'
-                               f'{{host="{_esc(h)}"}} {self.behind[h]}')
-            family("vmcollector_host_lag_seconds", "gauge",
-                   "Now minus the newest stored record's t.")
-            for h in hosts:
-                if h in self.newest_t:
-                    out.append(f'vmcollector_host_lag_seconds'
-                               f'{{host="{_esc(h)}"}} '
-                               f'{max(0.0, now - self.newest_t[h]):.3f}')
-            family("vmcollector_frames_verified_total", "counter",
-                   "Frames verified and stored.")
-            for h in hosts:
-                out.append(f'vmcollector_frames_verified_total'
-                           f'{{host="{_esc(h)}"}} {self.verified.get(h, 0)}')
-            family("vmcollector_frames_rejected_total", "counter",
-                   "Frames that failed verification or came back with "
-                   "other bytes (the host turned untrusted).")
-            for h in hosts:
-                out.append(f'vmcollector_frames_rejected_total'
-                           f'{{host="{_esc(h)}"}} {self.rejected.get(h, 0)}')
-            family("vmcollector_store_commit_seconds", "histogram",
-                   "Time to store one batch (one transaction, committed).")
-            for bound, n in zip(COMMIT_BUCKETS, self.commit_buckets):
-                out.append(f'vmcollector_store_commit_seconds_bucket'
-                           f'{{le="{bound:g}"}} {n}')
-            out.append(f'vmcollector_store_commit_seconds_bucket{{le="+Inf"}}'
-                       f' {self.commit_count}')
-            out.append(f"vmcollector_store_commit_seconds_sum "
-                       f"{self.commit_sum:.6f}")
-            out.append(f"vmcollector_store_commit_seconds_count "
-                       f"{self.commit_count}")
-            family("vmcollector_lease_changes_total", "counter",
-                   "Leases this instance claimed or gave back.")
-            for change, n in sorted(self.lease_changes.items()):
-                out.append(f'vmcollector_lease_changes_total'
-                           f'{{change="{change}"}} {n}')
+            self._render_hosts(out, hosts, now)
+            self._render_store(out)
         return "\n".join(out) + "\n"
+
+    def _render_hosts(self, out: list[str], hosts: list[str],
+                      now: float) -> None:
+        """The per-host families (under the lock)."""
+        _family(out, "vmcollector_host_behind_records", "gauge",
+                "Records the host's agent holds beyond what is stored "
+                "(0: the last reply was not full; absent: unknown).",
+                [(_host(h), str(self.behind[h])) for h in hosts
+                 if self.behind.get(h) is not None])
+        _family(out, "vmcollector_host_lag_seconds", "gauge",
+                "Now minus the newest stored record's t.",
+                [(_host(h), f"{max(0.0, now - self.newest_t[h]):.3f}")
+                 for h in hosts if h in self.newest_t])
+        _family(out, "vmcollector_frames_verified_total", "counter",
+                "Frames verified and stored.",
+                [(_host(h), str(self.verified.get(h, 0))) for h in hosts])
+        _family(out, "vmcollector_frames_rejected_total", "counter",
+                "Frames that failed verification or came back with "
+                "other bytes (the host turned untrusted).",
+                [(_host(h), str(self.rejected.get(h, 0))) for h in hosts])
+
+    def _render_store(self, out: list[str]) -> None:
+        """The commit histogram and the lease changes (under the lock)."""
+        name = "vmcollector_store_commit_seconds"
+        buckets = [(f'{{le="{bound:g}"}}', str(n)) for bound, n in
+                   zip(COMMIT_BUCKETS, self.commit_buckets)]
+        buckets.append(('{le="+Inf"}', str(self.commit_count)))
+        _family(out, name, "histogram",
+                "Time to store one batch (one transaction, committed).",
+                [])
+        out.extend(f"{name}_bucket{labels} {value}"
+                   for labels, value in buckets)
+        out.append(f"{name}_sum {self.commit_sum:.6f}")
+        out.append(f"{name}_count {self.commit_count}")
+        _family(out, "vmcollector_lease_changes_total", "counter",
+                "Leases this instance claimed or gave back.",
+                [(f'{{change="{change}"}}', str(n))
+                 for change, n in sorted(self.lease_changes.items())])
+
+
+def _family(out: list[str], name: str, kind: str, text: str,
+            samples: list[tuple[str, str]]) -> None:
+    """A metric family: its HELP and TYPE, then (labels, value) lines."""
+    out.append(f"# HELP {name} {text}")
+    out.append(f"# TYPE {name} {kind}")
+    out.extend(f"{name}{labels} {value}" for labels, value in samples)
+
+
+def _host(host: str) -> str:
+    return f'{{host="{_esc(host)}"}}'
 
 
 def _esc(value: str) -> str:

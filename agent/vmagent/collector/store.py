@@ -25,18 +25,23 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
 from vmagent.errors import VmagentError
+from vmagent.keys import key_id
+from vmagent.ledger.schema import LEDGER_SCHEMA
 from vmagent.log import get_logger
 
 STATES = ("current", "lagging", "failing", "untrusted", "silent", "retired")
+# why seqs the agent skipped without a gap record or a 410 are missing
+SKIPPED = "skipped by the agent: no gap record or 410 covers these seqs"
+MISSING_AT_SOURCE = "missing at the source (410)"
 NOT_PULLED = ("untrusted", "retired")
 
 
@@ -72,10 +77,19 @@ class HostRow:
     clock_offset_s: float | None = None
     retired_at: float | None = None  # epoch seconds, when retired
     inventory_t: int | None = None  # the newest stored inventory's t (ns)
+    cert_pem: str | None = None  # mutual TLS: the client certificate (PEM)
+    key_pem: str | None = None  # and its private key (PEM), as stored
+    keys: tuple[bytes, ...] = ()  # every key pinned for it (host_keys)
 
     def settings(self) -> tuple[Any, ...]:
         """What an operator sets; a change restarts the host's puller."""
-        return (self.url, self.consumer, self.token, self.pubkey, self.cacert)
+        return (self.url, self.consumer, self.token, self.pubkey, self.cacert,
+                self.cert_pem, self.key_pem, self.keys)
+
+    def pinned(self) -> dict[str, bytes]:
+        """key id (hex) -> public key, for every key pinned for the host:
+        the current one and those it had before (old frames carry them)."""
+        return {key_id(k).hex(): k for k in (*self.keys, self.pubkey)}
 
 
 @dataclass
@@ -223,6 +237,14 @@ MIGRATIONS: tuple[str, ...] = (
         instance TEXT NOT NULL, pubkey {blob} NOT NULL, key_id TEXT NOT NULL,
         first_seen {real} NOT NULL, PRIMARY KEY (instance, pubkey))
     """,
+    """
+    ALTER TABLE hosts ADD COLUMN cert_pem TEXT;
+    ALTER TABLE hosts ADD COLUMN key_pem TEXT;
+    CREATE TABLE host_keys (
+        host TEXT NOT NULL, key_id TEXT NOT NULL, pubkey {blob} NOT NULL,
+        added {real} NOT NULL, PRIMARY KEY (host, key_id))
+    """,  # 4: host keys kept per key id (filled by _fill_host_keys), mTLS
+    LEDGER_SCHEMA,  # 5: the ledger (ledger/schema.py)
 )
 
 _FRAME_COLUMNS = ("host", "wal", "first_seq", "last_seq", "hash",
@@ -236,7 +258,7 @@ _PG_TYPES = {"host": "text", "wal": "bytea", "first_seq": "int8",
 _HOST_COLUMNS = ("name", "url", "consumer", "token", "pubkey", "cacert",
                  "state", "error", "wal", "stored_seq", "last_hash",
                  "acked_seq", "last_pull", "behind_records", "clock_offset_s",
-                 "retired_at", "inventory_t")
+                 "retired_at", "inventory_t", "cert_pem", "key_pem")
 
 
 class SqlStore(Store):
@@ -257,6 +279,13 @@ class SqlStore(Store):
     def _tx(self) -> Iterator[Any]:
         raise NotImplementedError
         yield
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """A write transaction for the ledger's tables (ledger/book.py):
+        yields ``q(sql, args)`` with this store's placeholders."""
+        with self._tx() as q:
+            yield q
 
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         with self._tx() as q:
@@ -282,24 +311,44 @@ class SqlStore(Store):
                     continue
                 for statement in filter(str.strip, sql.split(";")):
                     q(statement.format(**self.TYPES))
+                if number in _AFTER_MIGRATION:
+                    _AFTER_MIGRATION[number](q)
                 q("INSERT INTO schema_version VALUES (?, ?)",
                   (number, time.time()))
         return len(MIGRATIONS)
 
     def put_host(self, host: HostRow) -> None:
+        """The key joins the host's pinned keys; the ones it had stay
+        (frames already stored, or still to be read, carry them)."""
         with self._tx() as q:
             q("INSERT INTO hosts (name, url, consumer, token, pubkey, "
-              "cacert) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO "
+              "cacert, cert_pem, key_pem) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+              "ON CONFLICT (name) DO "
               "UPDATE SET url=excluded.url, consumer=excluded.consumer, "
               "token=excluded.token, cacert=excluded.cacert, "
+              "cert_pem=excluded.cert_pem, key_pem=excluded.key_pem, "
               "state=CASE WHEN hosts.pubkey != excluded.pubkey AND "
               "hosts.state = 'untrusted' THEN 'lagging' ELSE hosts.state "
               "END, error=CASE WHEN hosts.pubkey != excluded.pubkey THEN "
               "NULL ELSE hosts.error END, pubkey=excluded.pubkey",
               (host.name, host.url, host.consumer, host.token, host.pubkey,
-               host.cacert))
+               host.cacert, host.cert_pem, host.key_pem))
+            _pin_key(q, host.name, host.pubkey)
             q("INSERT INTO leases (host) VALUES (?) ON CONFLICT (host) DO "
               "NOTHING", (host.name,))
+
+    def host_keys(self, host: str | None = None) \
+            -> list[tuple[str, str, bytes, float]]:
+        """(host, key id hex, public key, added) of every key pinned for
+        ``host`` (every host when None), oldest first.  Kept when a host
+        is re-added with another key or removed: its evidence stays, and
+        verifies with the key id each frame carries."""
+        rows = self._read(
+            "SELECT host, key_id, pubkey, added FROM host_keys"
+            + (" WHERE host = ?" if host is not None else "")
+            + " ORDER BY host, added, key_id",
+            () if host is None else (host,))
+        return [(h, k, bytes(p), a) for h, k, p, a in rows]
 
     def remove_host(self, name: str) -> bool:
         with self._tx() as q:
@@ -327,7 +376,11 @@ class SqlStore(Store):
     def hosts(self) -> list[HostRow]:
         rows = self._read(f"SELECT {', '.join(_HOST_COLUMNS)} FROM hosts "
                           "ORDER BY name")
-        return [_host_row(r) for r in rows]
+        pinned: dict[str, list[bytes]] = {}
+        for name, _, pub, _ in self.host_keys():
+            pinned.setdefault(name, []).append(pub)
+        return [replace(h, keys=tuple(pinned.get(h.name, ())))
+                for h in map(_host_row, rows)]
 
     def save_batch(self, host: str, wal: bytes, frames: Sequence[StoredFrame],
                    missing: Sequence[tuple[int, int, str]], stored_seq: int,
@@ -353,17 +406,9 @@ class SqlStore(Store):
         ``EvidenceConflict``), the rest goes in with ``_insert_many``."""
         if not frames:
             return
-        lo = min(f.first_seq for f in frames)
-        hi = max(f.last_seq for f in frames)
-        old_frames = {r[0]: (r[1], bytes(r[2])) for r in q(
-            "SELECT first_seq, last_seq, hash FROM frames WHERE host = ? "
-            "AND wal = ? AND first_seq BETWEEN ? AND ?",
-            (host, wal, lo, hi)).fetchall()}
-        old_records = {r[0]: bytes(r[1]) for r in q(
-            "SELECT seq, body FROM records WHERE host = ? AND wal = ? AND "
-            "seq BETWEEN ? AND ?", (host, wal, lo, hi)).fetchall()}
+        old_frames, old_records = _stored_range(q, host, wal, frames)
         frame_rows, record_rows = [], []
-        gaps: list[tuple[Any, ...]] = []
+        gaps: list[tuple[int, int, str]] = []
         split = record_bodies  # looked up per batch: benchmarks time it
         for f in frames:
             known = old_frames.get(f.first_seq)
@@ -379,23 +424,16 @@ class SqlStore(Store):
             if len(bodies) != len(f.decoded):  # not a verified frame's
                 bodies = [encode_record(r) for r in f.decoded]
             for rec, body in zip(f.decoded, bodies):
-                seq, t = rec["seq"], rec.get("t")
-                stored = old_records.get(seq)
-                if stored is None:
-                    record_rows.append((host, wal, seq, str(rec.get("kind")),
-                                        t if isinstance(t, int) else None,
-                                        body))
-                elif stored != body:
-                    raise EvidenceConflict(f"seq {seq} came back with other "
-                                           "bytes than stored")
+                row = _record_row(host, wal, rec, body, old_records)
+                if row is not None:
+                    record_rows.append(row)
                 if rec.get("kind") == "gap":
-                    gaps.append((host, wal, rec["from_seq"], rec["to_seq"],
+                    gaps.append((rec["from_seq"], rec["to_seq"],
                                  f"gap record: {rec.get('reason', '')}"))
         self._insert_many("frames", _FRAME_COLUMNS, frame_rows)
         self._insert_many("records", _RECORD_COLUMNS, record_rows)
-        for row in gaps:
-            q("INSERT INTO missing VALUES (?, ?, ?, ?, ?) ON CONFLICT DO "
-              "NOTHING", row)
+        for a, b, reason in gaps:
+            _record_gap(q, host, wal, a, b, reason)
 
     def _insert_many(self, table: str, columns: Sequence[str],
                      rows: list[tuple[Any, ...]]) -> None:
@@ -515,7 +553,8 @@ class SqliteStore(SqlStore):
     connection shared by the ingest threads under a lock."""
 
     name = "sqlite"
-    TYPES = {"int": "INTEGER", "blob": "BLOB", "real": "REAL"}
+    TYPES = {"int": "INTEGER", "blob": "BLOB", "real": "REAL",
+             "num": "TEXT"}
     NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 
     def __init__(self, path: Path, timeout: float = 10.0) -> None:
@@ -594,7 +633,8 @@ class PostgresStore(SqlStore):
     (a database outage is a StoreError: no ack, retry)."""
 
     name = "postgresql"
-    TYPES = {"int": "BIGINT", "blob": "BYTEA", "real": "DOUBLE PRECISION"}
+    TYPES = {"int": "BIGINT", "blob": "BYTEA", "real": "DOUBLE PRECISION",
+             "num": "NUMERIC"}
     NOW = "EXTRACT(EPOCH FROM clock_timestamp())::float8"
     LOCK = "FOR UPDATE"
     SKIP_LOCKED = "FOR UPDATE OF l SKIP LOCKED"
@@ -702,6 +742,71 @@ class PostgresStore(SqlStore):
 def _one_line(err: BaseException) -> str:
     lines = [s.strip() for s in str(err).splitlines() if s.strip()]
     return lines[0] if lines else type(err).__name__
+
+
+def _stored_range(q: Any, host: str, wal: bytes,
+                  frames: Sequence[StoredFrame]) \
+        -> tuple[dict[int, tuple[int, bytes]], dict[int, bytes]]:
+    """What is already stored in the batch's seq range: frames by first
+    seq (last seq, hash) and record bodies by seq."""
+    lo = min(f.first_seq for f in frames)
+    hi = max(f.last_seq for f in frames)
+    old_frames = {r[0]: (r[1], bytes(r[2])) for r in q(
+        "SELECT first_seq, last_seq, hash FROM frames WHERE host = ? "
+        "AND wal = ? AND first_seq BETWEEN ? AND ?",
+        (host, wal, lo, hi)).fetchall()}
+    old_records = {r[0]: bytes(r[1]) for r in q(
+        "SELECT seq, body FROM records WHERE host = ? AND wal = ? AND "
+        "seq BETWEEN ? AND ?", (host, wal, lo, hi)).fetchall()}
+    return old_frames, old_records
+
+
+def _record_row(host: str, wal: bytes, rec: dict[str, Any], body: bytes,
+                stored: dict[int, bytes]) -> tuple[Any, ...] | None:
+    """The records row to insert, None if the same bytes are stored;
+    ``EvidenceConflict`` if other bytes are."""
+    seq, t = rec["seq"], rec.get("t")
+    old = stored.get(seq)
+    if old is None:
+        return (host, wal, seq, str(rec.get("kind")),
+                t if isinstance(t, int) else None, body)
+    if old != body:
+        raise EvidenceConflict(f"seq {seq} came back with other bytes than "
+                               "stored")
+    return None
+
+
+def _record_gap(q: Any, host: str, wal: bytes, a: int, b: int,
+                reason: str) -> None:
+    """A gap record's range as missing; it replaces the ``SKIPPED`` rows
+    it explains (seqs skipped before the gap record arrived)."""
+    q("DELETE FROM missing WHERE host = ? AND wal = ? AND reason = ? AND "
+      "from_seq >= ? AND to_seq <= ?", (host, wal, SKIPPED, a, b))
+    q("INSERT INTO missing VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+      (host, wal, a, b, reason))
+
+
+def _pin_key(q: Any, host: str, pubkey: bytes) -> None:
+    """Pin ``pubkey`` for ``host`` (once); a key id already pinned with
+    another key is refused (never silently replaced)."""
+    kid = key_id(pubkey).hex()
+    q("INSERT INTO host_keys VALUES (?, ?, ?, {now}) ON CONFLICT "
+      "(host, key_id) DO NOTHING", (host, kid, pubkey))
+    row = q("SELECT pubkey FROM host_keys WHERE host = ? AND key_id = ?",
+            (host, kid)).fetchone()
+    if row is not None and bytes(row[0]) != pubkey:
+        raise VmagentError(f"{host}: key id {kid} is already pinned for "
+                           "another key")
+
+
+def _fill_host_keys(q: Any) -> None:
+    """Migration 4: every host's key so far is its first pinned key."""
+    for name, pubkey in q("SELECT name, pubkey FROM hosts").fetchall():
+        _pin_key(q, name, bytes(pubkey))
+
+
+# Python steps run in a migration's transaction, after its statements.
+_AFTER_MIGRATION: dict[int, Callable[[Any], None]] = {4: _fill_host_keys}
 
 
 def _host_row(row: Sequence[Any]) -> HostRow:

@@ -1,0 +1,306 @@
+"""The stored ledger: base slices kept up to date as evidence is stored,
+rebuilt from the signed frames, and read by reports (docs/usage.md).
+
+``update`` folds the records of a host's WAL stored since the last update
+(``ledger_pos``) into the slices, in one transaction with the gens' and
+the host's fold state; only the gens those records name and the slices
+they touch are read and written.  ``rebuild`` folds every stored frame of
+the hosts with evidence in a range again from nothing, compares, and
+replaces.  Quantities are exact decimal strings in the store.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import msgpack
+
+from vmagent.ledger.facts import Fold, GenState, HostState, SliceAcc
+from vmagent.ledger.records import GenInfo, StoredSlice
+from vmagent.log import get_logger
+
+_SLICE_COLUMNS = ("host, uuid, gen, start_ns, end_ns, vcpus, mem, seqs, "
+                  "samples, interpolated_ns, clock_step_ns")
+_GEN_COLUMNS = ("host", "uuid", "gen", "start_ns", "end_ns", "state")
+_QUANTITY_COLUMNS = ("host", "uuid", "gen", "start_ns", "meter", "device",
+                     "quantity")
+_CHUNK = 200  # rows per multi-row statement
+
+
+def update(store: Any, host: str, wal: bytes) -> int:
+    """Fold what ``host`` stored in ``wal`` since the last update; returns
+    how many records were folded."""
+    with store.transaction() as q:
+        state = _host_state(q, host)
+        row = q("SELECT seq FROM ledger_pos WHERE host = ? AND wal = ?",
+                (host, wal)).fetchone()
+        pos = row[0] if row else 0
+        rows = q("SELECT seq, body FROM records WHERE host = ? AND wal = ? "
+                 "AND seq > ? ORDER BY seq", (host, wal, pos)).fetchall()
+        if not rows:
+            return 0
+        records = list(_decode_rows(rows))
+        fold = Fold(state, _loader(q, host, state, records))
+        fold.feed(wal.hex(), records)
+        _save(q, host, fold)
+        q("INSERT INTO ledger_pos VALUES (?, ?, ?) ON CONFLICT (host, wal) "
+          "DO UPDATE SET seq = excluded.seq", (host, wal, rows[-1][0]))
+        return len(rows)
+
+
+def _decode_rows(rows: list[Any]) -> Iterator[dict[str, Any]]:
+    for seq, body in rows:
+        rec = msgpack.unpackb(bytes(body), raw=False)
+        if isinstance(rec, dict):
+            rec["seq"] = seq
+            yield rec
+
+
+def _host_state(q: Any, host: str) -> HostState:
+    row = q("SELECT state FROM ledger_hosts WHERE host = ? {lock}",
+            (host,)).fetchone()
+    return HostState(**json.loads(row[0])) if row else HostState()
+
+
+def _loader(q: Any, host: str, state: HostState,
+            records: list[dict[str, Any]]) \
+        -> Callable[[str, str], GenState | None]:
+    """Loads the gens the records name and the open ones in one query per
+    chunk of uuids; others (a previous gen's taps) one by one."""
+    keys = {(u, g) for u, g in state.open}
+    for rec in records:
+        inner = rec.get("samples")
+        for r in [rec, *(inner if isinstance(inner, list) else [])]:
+            vm = r.get("vm") if isinstance(r, dict) else None
+            if isinstance(vm, dict):
+                keys.add((str(vm.get("uuid")), str(vm.get("gen"))))
+    found: dict[tuple[str, str], GenState] = {}
+    uuids = sorted({u for u, _ in keys})
+    for i in range(0, len(uuids), _CHUNK):
+        part = uuids[i:i + _CHUNK]
+        for u, g, st in q("SELECT uuid, gen, state FROM ledger_gens WHERE "
+                          f"host = ? AND uuid IN ({_marks(part)})",
+                          (host, *part)).fetchall():
+            if (u, g) in keys:
+                found[(u, g)] = GenState.from_json(json.loads(st))
+
+    def load(uuid: str, gen: str) -> GenState | None:
+        if (uuid, gen) in keys:
+            return found.get((uuid, gen))
+        return _load_gen(q, host, uuid, gen)
+
+    return load
+
+
+def _load_gen(q: Any, host: str, uuid: str, gen: str) -> GenState | None:
+    row = q("SELECT state FROM ledger_gens WHERE host = ? AND uuid = ? AND "
+            "gen = ?", (host, uuid, gen)).fetchone()
+    return GenState.from_json(json.loads(row[0])) if row else None
+
+
+def _marks(items: Sequence[Any]) -> str:
+    return ", ".join("?" * len(items))
+
+
+def _upsert(q: Any, table: str, columns: Sequence[str], key: Sequence[str],
+            rows: list[tuple[Any, ...]]) -> None:
+    """Rows inserted or, where ``key`` exists, updated: multi-row
+    statements of at most ``_CHUNK`` rows."""
+    sets = ", ".join(f"{c} = excluded.{c}" for c in columns
+                     if c not in key)
+    one = f"({_marks(columns)})"
+    for i in range(0, len(rows), _CHUNK):
+        part = rows[i:i + _CHUNK]
+        q(f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+          f"{', '.join([one] * len(part))} ON CONFLICT ({', '.join(key)}) "
+          f"DO UPDATE SET {sets}", [x for r in part for x in r])
+
+
+def _save(q: Any, host: str, fold: Fold) -> None:
+    q("INSERT INTO ledger_hosts VALUES (?, ?) ON CONFLICT (host) DO UPDATE "
+      "SET state = excluded.state", (host, json.dumps(vars(fold.host))))
+    _upsert(q, "ledger_gens", _GEN_COLUMNS, _GEN_COLUMNS[:3], [
+        (host, g.uuid, g.gen, g.start_ns, g.end_ns, json.dumps(g.to_json()))
+        for g in fold.gens.values()])
+    old: dict[tuple[str, str, int], StoredSlice] = {}
+    starts = sorted({start for _, _, start in fold.slices})
+    for i in range(0, len(starts), _CHUNK):
+        part = starts[i:i + _CHUNK]
+        for s in _slices(q, f"host = ? AND start_ns IN ({_marks(part)})",
+                         (host, *part)):
+            old[(s.uuid, s.gen, s.start_ns)] = s
+    merged = []
+    for sid, acc in sorted(fold.slices.items()):
+        s = old.get(sid) or StoredSlice(host, sid[0], sid[1], sid[2],
+                                        acc.end_ns, acc.vcpus, acc.mem)
+        merged.append(_merged(s, acc))
+    _write_slices(q, merged)
+
+
+def _merged(s: StoredSlice, acc: SliceAcc) -> StoredSlice:
+    s.end_ns = max(s.end_ns, acc.end_ns)
+    s.vcpus, s.mem = acc.vcpus, acc.mem  # the configuration last seen
+    for k, v in acc.quantities.items():
+        s.quantities[k] = max(s.quantities.get(k, v), v) \
+            if k[0] == "mem_rss_max_bytes" else s.quantities.get(k, 0) + v
+    for wal, (lo, hi) in acc.seqs.items():
+        cur = s.seqs.setdefault(wal, [lo, hi])
+        cur[0], cur[1] = min(cur[0], lo), max(cur[1], hi)
+    s.samples += acc.samples
+    s.interpolated_ns += acc.interpolated_ns
+    s.clock_step_ns += acc.clock_step_ns
+    return s
+
+
+def _write_slices(q: Any, slices: list[StoredSlice]) -> None:
+    _upsert(q, "ledger_slices", _SLICE_COLUMNS.split(", "),
+            _SLICE_COLUMNS.split(", ")[:4], [
+                (s.host, s.uuid, s.gen, s.start_ns, s.end_ns, s.vcpus,
+                 s.mem, json.dumps(sorted(s.seqs.items())), s.samples,
+                 s.interpolated_ns, s.clock_step_ns) for s in slices])
+    _upsert(q, "ledger_quantities", _QUANTITY_COLUMNS,
+            _QUANTITY_COLUMNS[:6], [
+                (s.host, s.uuid, s.gen, s.start_ns, meter, dev, str(v))
+                for s in slices
+                for (meter, dev), v in sorted(s.quantities.items())])
+
+
+def _slices(q: Any, where: str, args: tuple[Any, ...]) -> list[StoredSlice]:
+    """Stored slices matching ``where`` (over the slice columns), with
+    their quantities, sorted by host, uuid, gen, start."""
+    out: dict[tuple[str, str, str, int], StoredSlice] = {}
+    for h, u, g, a, b, vcpus, mem, seqs, samples, interp, step in q(
+            f"SELECT {_SLICE_COLUMNS} FROM ledger_slices WHERE {where} "
+            "ORDER BY host, uuid, gen, start_ns", args).fetchall():
+        out[(h, u, g, a)] = StoredSlice(h, u, g, a, b, vcpus, mem, {},
+                                        dict(json.loads(seqs)), samples,
+                                        interp, step)
+    for h, u, g, a, meter, dev, v in q(
+            "SELECT host, uuid, gen, start_ns, meter, device, quantity FROM "
+            f"ledger_quantities WHERE {where}", args).fetchall():
+        s = out.get((h, u, g, a))
+        if s is not None:
+            s.quantities[(meter, dev)] = int(v)
+    return list(out.values())
+
+
+def slices(store: Any, start_ns: int, end_ns: int, vm: str | None = None,
+           host: str | None = None) -> list[StoredSlice]:
+    """The stored slices starting in ``[start_ns, end_ns)``."""
+    where = "start_ns >= ? AND start_ns < ?"
+    args: list[Any] = [start_ns, end_ns]
+    if vm is not None:
+        where, args = where + " AND uuid = ?", [*args, vm]
+    if host is not None:
+        where, args = where + " AND host = ?", [*args, host]
+    with store.transaction() as q:
+        return _slices(q, where, tuple(args))
+
+
+def gens(store: Any, start_ns: int | None = None,
+         end_ns: int | None = None) -> list[tuple[str, GenState]]:
+    """(host, gen state) of the gens running at some time in the range,
+    by start."""
+    where, args = "1 = 1", list[Any]()
+    if end_ns is not None:
+        where, args = where + " AND start_ns < ?", [*args, end_ns]
+    if start_ns is not None:
+        where, args = where + " AND end_ns >= ?", [*args, start_ns]
+    with store.transaction() as q:
+        rows = q(f"SELECT host, state FROM ledger_gens WHERE {where} ORDER "
+                 "BY start_ns, host, uuid, gen", tuple(args)).fetchall()
+    return [(h, GenState.from_json(json.loads(s))) for h, s in rows]
+
+
+def info_of(g: GenState) -> GenInfo:
+    return GenInfo(g.name, g.end_ns, g.ended, g.lost and not g.ended,
+                   g.gap_ns)
+
+
+def totals(store: Any, meters: tuple[str, ...]) \
+        -> dict[tuple[str, str, str], dict[str, int]]:
+    """(host, uuid, gen) -> meter -> the gen's total over all slices and
+    devices (a maximum for ``mem_rss_max_bytes``)."""
+    marks = ", ".join("?" * len(meters))
+    with store.transaction() as q:
+        rows = q("SELECT host, uuid, gen, meter, quantity FROM "
+                 f"ledger_quantities WHERE meter IN ({marks})",
+                 meters).fetchall()
+    out: dict[tuple[str, str, str], dict[str, int]] = {}
+    for h, u, g, meter, v in rows:
+        t = out.setdefault((h, u, g), {})
+        t[meter] = max(t.get(meter, 0), int(v)) \
+            if meter == "mem_rss_max_bytes" else t.get(meter, 0) + int(v)
+    return out
+
+
+# --- rebuild ------------------------------------------------------------
+
+def rebuild(store: Any, start_ns: int, end_ns: int, reason: str) \
+        -> tuple[list[str], int]:
+    """Re-derive every host with evidence in ``[start_ns, end_ns)`` from
+    its stored frames; returns (hosts, slices in the range that changed)."""
+    with store.transaction() as q:
+        hosts = [r[0] for r in q(
+            "SELECT DISTINCT host FROM records WHERE t >= ? AND t < ? "
+            "ORDER BY host", (start_ns, end_ns)).fetchall()]
+        changed = 0
+        for host in hosts:
+            where = "host = ? AND start_ns >= ? AND start_ns < ?"
+            before = _fingerprint(_slices(q, where, (host, start_ns,
+                                                     end_ns)))
+            _rebuild_host(q, host)
+            after = _fingerprint(_slices(q, where, (host, start_ns, end_ns)))
+            changed += len(set(before.items()) ^ set(after.items()))
+        q("INSERT INTO ledger_rebuilds VALUES (?, ?, ?, ?, ?)",
+          (time.time(), start_ns, end_ns, reason, changed))
+    get_logger().info("ledger_rebuilt", hosts=hosts, changed=changed,
+                      reason=reason)
+    return hosts, changed
+
+
+def _fingerprint(rows: list[StoredSlice]) -> dict[Any, Any]:
+    return {(s.host, s.uuid, s.gen, s.start_ns):
+            (s.end_ns, s.vcpus, s.mem, tuple(sorted(s.quantities.items())),
+             s.samples, s.interpolated_ns, s.clock_step_ns) for s in rows}
+
+
+def _rebuild_host(q: Any, host: str) -> None:
+    """Fold the host's frames, decoded again, WAL by WAL in the order they
+    arrived, into an empty ledger.  The host's ``ledger_hosts`` row is
+    locked first and then replaced (never deleted), so a collector folding
+    the host meanwhile waits and continues from the rebuilt state."""
+    _host_state(q, host)  # the lock (PostgreSQL; SQLite: the write lock)
+    for table in ("ledger_pos", "ledger_gens", "ledger_slices",
+                  "ledger_quantities"):
+        q(f"DELETE FROM {table} WHERE host = ?", (host,))
+    wals = [bytes(r[0]) for r in q(
+        "SELECT wal FROM frames WHERE host = ? GROUP BY wal ORDER BY "
+        "min(received), wal", (host,)).fetchall()]
+    fold = Fold(HostState(), lambda *_: None)
+    for wal in wals:
+        frames = q("SELECT records FROM frames WHERE host = ? AND wal = ? "
+                   "ORDER BY first_seq", (host, wal)).fetchall()
+        last = 0
+        for (blob,) in frames:
+            recs = [r for r in msgpack.Unpacker(
+                io.BytesIO(bytes(blob)), raw=False) if isinstance(r, dict)]
+            fold.feed(wal.hex(), recs)
+            last = max([last, *(r.get("seq", 0) for r in recs)])
+        q("INSERT INTO ledger_pos VALUES (?, ?, ?)", (host, wal, last))
+    _save(q, host, fold)
+
+
+def follow(store: Any, host: str, wal: bytes) -> None:
+    """``update`` after a batch was stored (collector/ingest.py).  The
+    evidence is stored either way: a failure is logged and the next batch
+    folds what this one could not (``ledger_pos``)."""
+    try:
+        update(store, host, wal)
+    except Exception as err:  # noqa: BLE001 - the evidence is safe
+        get_logger().warning("ledger_update_failed", host=host,
+                             error=f"{type(err).__name__}: {err}")

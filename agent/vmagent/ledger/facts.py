@@ -1,0 +1,470 @@
+"""Evidence -> usage, as a fold over one host's records (docs/usage.md).
+
+``Fold`` reads a host's records in the order they were written (WAL by
+WAL, seq by seq) and adds each gen's usage to its base slices as the
+evidence comes: running time up to the gen's newest evidence, each
+counter's delta since its previous reading split by time.  Every step
+only adds to slices, so folding the records in batches (as the collector
+stores them) gives exactly what folding them at once gives (``rebuild``).
+Its state between batches (``HostState``, ``GenState``) is plain data,
+kept by ``ledger/book.py``; this module does no I/O.
+
+Rules: a gen runs from ``max(vm.started_ns, the host's first evidence)``
+to its newest evidence, extended (never shortened) by its exit:
+``exit.at_ns``, else the accounting record (``started_ns + elapsed``),
+else ``exit.after_ns`` with ``before_ns - after_ns`` as ``gap_ns``.  A
+reading at ``t`` belongs to the slice holding ``t - 1`` (it closes the
+interval before it); at the gen's start, to its first slice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from vmagent.ledger.split import BASE_NS, pieces, split
+
+#: A meter and its device (NIC or disk id; "" for none).
+Key = tuple[str, str]
+#: A slice: (vm uuid, gen, slice start ns).
+SliceId = tuple[str, str, int]
+
+#: Counters that start with the process: baseline 0 for a new gen.
+PROCESS_METERS = ("cpu_ns", "io_rd_bytes", "io_wr_bytes")
+NET_FIELDS = (("net_rx_bytes", "rx_bytes"), ("net_tx_bytes", "tx_bytes"),
+              ("net_rx_packets", "rx_packets"),
+              ("net_tx_packets", "tx_packets"))
+DISK_FIELDS = (("disk_rd_bytes", "rd_bytes"), ("disk_wr_bytes", "wr_bytes"),
+               ("disk_rd_ops", "rd_ops"), ("disk_wr_ops", "wr_ops"))
+RSS = ("mem_rss_max_bytes", "")
+
+
+def counters_of(rec: dict[str, Any]) -> dict[Key, int]:
+    """A sample's (or vm_stop's) cumulative counters by meter and device;
+    absent fields stay absent."""
+    out: dict[Key, int] = {}
+    cpu = _dict(rec.get("cpu"))
+    if isinstance(cpu.get("total_ns"), int):
+        out[("cpu_ns", "")] = cpu["total_ns"] + _int(cpu.get("vhost_ns"))
+    io = _dict(rec.get("io"))
+    for meter, name in (("io_rd_bytes", "rd_bytes"),
+                        ("io_wr_bytes", "wr_bytes")):
+        if isinstance(io.get(name), int):
+            out[(meter, "")] = io[name]
+    for nic in _dicts(rec.get("nics")):
+        dev = str(nic.get("mac") or nic.get("name") or "")
+        for meter, name in NET_FIELDS:
+            if dev and isinstance(nic.get(name), int):
+                out[(meter, dev)] = nic[name]
+    for disk in _dicts(rec.get("disks")):
+        dev = str(disk.get("path") or "")
+        for meter, name in DISK_FIELDS:
+            if dev and isinstance(disk.get(name), int):
+                out[(meter, dev)] = disk[name]
+    return out
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] \
+        if isinstance(value, list) else []
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) else 0
+
+
+@dataclass
+class GenState:
+    """What the fold keeps of one gen between batches."""
+
+    uuid: str
+    gen: str
+    name: str
+    started_ns: int
+    start_ns: int
+    end_ns: int
+    fresh: bool  # started at or after the host's first evidence
+    configs: list[list[Any]] = field(default_factory=list)  # [t, vcpus, mem]
+    last: dict[Key, list[int]] = field(default_factory=dict)  # key: [t, v]
+    last_t: int | None = None  # the newest reading's t
+    ended: bool = False
+    end_reason: str | None = None
+    exit: dict[str, Any] | None = None
+    lost: bool = False
+    gap_ns: int = 0
+    samples: int = 0
+
+    def config_at(self, t: int) -> tuple[int | None, int | None]:
+        vcpus = mem = None
+        for ct, v, m in self.configs:
+            if ct <= t:
+                vcpus, mem = v, m
+        return vcpus, mem
+
+    def slice_start(self, t: int) -> int:
+        """The start of the slice holding instant ``t``."""
+        cuts = [self.start_ns, t // BASE_NS * BASE_NS]
+        cuts += [c[0] for c in self.configs[1:] if c[0] <= t]
+        return max(c for c in cuts if c <= t)
+
+    def to_json(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["last"] = [[m, dev, t, v] for (m, dev), (t, v) in
+                     sorted(self.last.items())]
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> GenState:
+        d = dict(d)
+        d["last"] = {(m, dev): [t, v] for m, dev, t, v in d["last"]}
+        return cls(**d)
+
+
+@dataclass
+class HostState:
+    """What the fold keeps of one host between batches."""
+
+    first_t: int | None = None  # the host's first evidence
+    outages: list[int] = field(default_factory=list)  # agent_start, gap t
+    open: list[list[str]] = field(default_factory=list)  # [uuid, gen]
+    latest: dict[str, str] = field(default_factory=dict)  # uuid -> gen
+
+
+@dataclass
+class SliceAcc:
+    """What a batch adds to one slice."""
+
+    end_ns: int
+    vcpus: int | None
+    mem: int | None
+    quantities: dict[Key, int] = field(default_factory=dict)
+    seqs: dict[str, list[int]] = field(default_factory=dict)  # wal: [lo, hi]
+    samples: int = 0
+    interpolated_ns: int = 0
+    clock_step_ns: int = 0
+
+
+class Fold:
+    """Folds records into gen states and slice additions."""
+
+    def __init__(self, host: HostState,
+                 load: Callable[[str, str], GenState | None]) -> None:
+        self.host = host
+        self._load = load
+        self.gens: dict[tuple[str, str], GenState] = {}
+        self.slices: dict[SliceId, SliceAcc] = {}
+        self._wal = ""
+        self._seq = 0
+
+    def feed(self, wal: str, records: Iterable[dict[str, Any]]) -> None:
+        """``records`` of WAL ``wal`` (hex), in seq order."""
+        self._wal = wal
+        for rec in records:
+            self._seq = _int(rec.get("seq"))
+            self.one(rec)
+
+    def one(self, rec: dict[str, Any]) -> None:
+        t, kind = rec.get("t"), rec.get("kind")
+        if not isinstance(t, int):
+            return
+        if self.host.first_t is None:
+            self.host.first_t = t
+        if kind in ("agent_start", "gap"):
+            self.host.outages.append(t)
+        elif kind == "coalesced":
+            for s in _dicts(rec.get("samples")):
+                if isinstance(s, dict) and isinstance(s.get("t"), int):
+                    self._sample(s["t"], s)
+        elif kind == "sample":
+            self._sample(t, rec)
+        elif kind == "vm_start":
+            self._vm_start(t, rec)
+        elif kind == "vm_config":
+            self._vm_config(t, rec)
+        elif kind == "vm_stop":
+            self._vm_stop(t, rec)
+        elif kind == "vm_acct":
+            self._vm_acct(rec)
+        elif kind == "inventory":
+            self._inventory(t, rec)
+        elif kind == "clock_step":
+            self._clock_step(t, rec)
+
+    # --- gens ---------------------------------------------------------
+
+    def _gen(self, vm: Any, t: int,
+             config: tuple[int | None, int | None] | None = None) \
+            -> GenState | None:
+        if not isinstance(vm, dict) or not vm.get("uuid") or \
+                not vm.get("gen"):
+            return None
+        key = (str(vm["uuid"]), str(vm["gen"]))
+        g = self.gens.get(key) or self._load(*key)
+        if g is None:
+            g = self._new_gen(key, vm, t, config)
+        self.gens[key] = g
+        if g.lost and not g.ended:
+            g.lost = False  # seen again: it was not lost
+        if not g.ended and list(key) not in self.host.open:
+            self.host.open.append(list(key))
+        return g
+
+    def _new_gen(self, key: tuple[str, str], vm: dict[str, Any], t: int,
+                 config: tuple[int | None, int | None] | None) -> GenState:
+        first = self.host.first_t if self.host.first_t is not None else t
+        started = vm.get("started_ns")
+        started = started if isinstance(started, int) else t
+        start = max(started, first)
+        g = GenState(key[0], key[1], str(vm.get("name") or ""), started,
+                     start, start, fresh=started >= first)
+        vcpus, mem = config if config is not None else (None, None)
+        g.configs.append([start, vcpus, mem])
+        prev = self.host.latest.get(key[0])
+        if prev is not None and prev != key[1]:
+            before = self.gens.get((key[0], prev)) or self._load(key[0], prev)
+            if before is not None:
+                self._carry_taps(before, g)
+        self.host.latest[key[0]] = key[1]
+        return g
+
+    @staticmethod
+    def _carry_taps(before: GenState, g: GenState) -> None:
+        """A tap the VM's previous gen reported keeps counting: its final
+        reading is this gen's baseline (applied at the first reading)."""
+        for (meter, dev), (_, v) in before.last.items():
+            if meter.startswith("net_"):
+                g.last[(meter, dev)] = [-1, v]  # t -1: a carried baseline
+
+    def _advance(self, g: GenState, t: int) -> None:
+        """Running time up to ``t`` (the gen's newest evidence)."""
+        if t <= g.end_ns:
+            return
+        cuts = [c[0] for c in g.configs[1:]]
+        for a, b in pieces(g.end_ns, t, cuts):
+            s = self._slice(g, a)
+            s.vcpus, s.mem = g.config_at(a)  # a first config comes late
+            s.end_ns = max(s.end_ns, b)
+            run = b - a
+            _add(s, ("running_ns", ""), run)
+            if s.vcpus is not None:
+                _add(s, ("vcpu_ns", ""), s.vcpus * run)
+            if s.mem is not None:
+                _add(s, ("mem_alloc_byte_ns", ""), s.mem * run)
+        g.end_ns = t
+
+    def _slice(self, g: GenState, t: int) -> SliceAcc:
+        start = g.slice_start(t)
+        sid = (g.uuid, g.gen, start)
+        s = self.slices.get(sid)
+        if s is None:
+            vcpus, mem = g.config_at(start)
+            s = self.slices[sid] = SliceAcc(start, vcpus, mem)
+        return s
+
+    def _holder(self, g: GenState, t: int) -> SliceAcc:
+        """The slice a reading at ``t`` belongs to."""
+        return self._slice(g, t - 1 if t > g.start_ns else g.start_ns)
+
+    def _touch(self, s: SliceAcc) -> None:
+        lo_hi = s.seqs.setdefault(self._wal, [self._seq, self._seq])
+        lo_hi[0], lo_hi[1] = min(lo_hi[0], self._seq), max(lo_hi[1],
+                                                           self._seq)
+
+    # --- records ------------------------------------------------------
+
+    def _vm_start(self, t: int, rec: dict[str, Any]) -> None:
+        cfg = _dict(rec.get("config"))
+        config = (_opt(cfg.get("vcpus")), _opt(cfg.get("alloc_bytes")))
+        g = self._gen(rec.get("vm"), t, config)
+        if g is None:
+            return
+        if g.configs and g.configs[0][1:] == [None, None]:
+            g.configs[0][1:] = list(config)
+        self._advance(g, t)
+        self._touch(self._holder(g, t))
+
+    def _vm_config(self, t: int, rec: dict[str, Any]) -> None:
+        g = self._gen(rec.get("vm"), t)
+        if g is None:
+            return
+        self._advance(g, t)
+        changed = _dict(rec.get("changed"))
+        vcpus, mem = g.config_at(g.end_ns)
+        new_vcpus = _new(changed.get("vcpus"), vcpus)
+        new_mem = _new(changed.get("alloc_bytes"), mem)
+        if (new_vcpus, new_mem) != (vcpus, mem):
+            at = max(t, g.end_ns)  # never before evidence already used
+            g.configs.append([at, new_vcpus, new_mem])
+        self._touch(self._holder(g, t))
+
+    def _sample(self, t: int, rec: dict[str, Any]) -> None:
+        g = self._gen(rec.get("vm"), t, _config_of(rec))
+        if g is None or g.ended:
+            return
+        self._reading(g, t, rec, sample=True)
+
+    def _reading(self, g: GenState, t: int, rec: dict[str, Any],
+                 sample: bool) -> None:
+        if g.configs[0][1:] == [None, None] and sample:
+            g.configs[0][1:] = list(_config_of(rec))
+        self._advance(g, t)
+        t = max(t, g.last_t or g.start_ns)
+        if g.last_t is not None and any(
+                g.last_t < o < t for o in self.host.outages):
+            self._interpolated(g, g.last_t, t)
+        for key, v in sorted(counters_of(rec).items()):
+            self._delta(g, key, t, v)
+        holder = self._holder(g, t)
+        rss = _dict(rec.get("mem")).get("rss_bytes")
+        if isinstance(rss, int):
+            holder.quantities[RSS] = max(holder.quantities.get(RSS, rss),
+                                         rss)
+        if sample:
+            holder.samples += 1
+            g.samples += 1
+        self._touch(holder)
+        g.last_t = t
+
+    def _delta(self, g: GenState, key: Key, t: int, v: int) -> None:
+        prev = g.last.get(key)
+        if prev is None or prev[0] == -1:
+            if prev is not None:  # a tap carried from the previous gen
+                base = prev[1] if v >= prev[1] else 0
+            elif g.fresh and (key[0] in PROCESS_METERS or
+                              key[0].startswith("net_")):
+                base = 0
+            else:  # block devices; gens older than the host's evidence
+                g.last[key] = [t, v]
+                return
+            prev = [g.start_ns, base]
+        t0, v0 = prev
+        g.last[key] = [t, v]
+        if t <= t0:
+            _add(self._holder(g, t), key, v - v0)
+            return
+        cuts = [c[0] for c in g.configs[1:]]
+        parts = pieces(t0, t, cuts)
+        for (a, b), share in zip(parts, split(v - v0, t0, t, parts)):
+            s = self._slice(g, a)
+            s.end_ns = max(s.end_ns, b)
+            _add(s, key, share)
+            self._touch(s)
+
+    def _interpolated(self, g: GenState, t0: int, t1: int) -> None:
+        for a, b in pieces(t0, t1, [c[0] for c in g.configs[1:]]):
+            self._slice(g, a).interpolated_ns += b - a
+
+    def _vm_stop(self, t: int, rec: dict[str, Any]) -> None:
+        g = self._gen(rec.get("vm"), t)
+        if g is None or (g.ended and g.end_reason != "acct"):
+            return
+        ex = _dict(rec.get("exit"))
+        at, after, before = (ex.get(k) for k in ("at_ns", "after_ns",
+                                                 "before_ns"))
+        end = g.end_ns
+        if isinstance(at, int):
+            end = max(end, at)
+        elif isinstance(after, int):
+            end = max(end, after)
+            if isinstance(before, int) and before > after:
+                g.gap_ns = before - after
+        g.end_reason = _reason(ex)
+        g.exit = {k: ex[k] for k in ("code", "signal", "reason") if k in ex}
+        self._advance(g, end)
+        self._reading(g, end, rec, sample=False)
+        g.ended = True
+        self._close(g)
+
+    def _vm_acct(self, rec: dict[str, Any]) -> None:
+        vm, acct = rec.get("vm"), _dict(rec.get("acct"))
+        if not isinstance(vm, dict):
+            return
+        key = (str(vm.get("uuid")), str(vm.get("gen")))
+        g = self.gens.get(key) or self._load(*key)
+        if g is None:
+            return
+        self.gens[key] = g
+        if isinstance(acct.get("exit"), dict):
+            g.exit = {**(g.exit or {}), **acct["exit"]}
+        elapsed = acct.get("elapsed_us")
+        if g.end_reason in (None, "poll", "lost") and \
+                isinstance(elapsed, int):
+            end = g.started_ns + elapsed * 1000
+            if end > g.end_ns:  # never shorter than the evidence
+                self._advance(g, end)
+                self._touch(self._holder(g, end))
+            g.end_reason = "acct"
+            g.gap_ns = 0
+            g.ended, g.lost = True, False
+            self._close(g)
+
+    def _inventory(self, t: int, rec: dict[str, Any]) -> None:
+        listed = set()
+        for vm in _dicts(rec.get("vms")):
+            if isinstance(vm, dict):
+                listed.add((str(vm.get("uuid")), str(vm.get("gen"))))
+        for uuid, gen in list(self.host.open):
+            g = self.gens.get((uuid, gen)) or self._load(uuid, gen)
+            if g is None:
+                continue
+            self.gens[(uuid, gen)] = g
+            if (uuid, gen) in listed:
+                g.lost = False
+                self._advance(g, t)
+            elif t > g.end_ns:
+                g.lost = True  # ended at its last evidence, unless seen again
+
+    def _clock_step(self, t: int, rec: dict[str, Any]) -> None:
+        """Reported on the slice of each running gen that holds it, never
+        corrected."""
+        step = rec.get("step_ns")
+        if not isinstance(step, int):
+            return
+        for uuid, gen in self.host.open:
+            g = self.gens.get((uuid, gen)) or self._load(uuid, gen)
+            if g is not None:
+                self.gens[(uuid, gen)] = g
+                s = self._holder(g, min(t, g.end_ns))
+                s.clock_step_ns += step
+                self._touch(s)
+
+    def _close(self, g: GenState) -> None:
+        if [g.uuid, g.gen] in self.host.open:
+            self.host.open.remove([g.uuid, g.gen])
+
+
+def _add(s: SliceAcc, key: Key, value: int) -> None:
+    s.quantities[key] = s.quantities.get(key, 0) + value
+
+
+def _opt(value: Any) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+def _new(change: Any, old: int | None) -> int | None:
+    if isinstance(change, (list, tuple)) and len(change) == 2 and \
+            isinstance(change[1], int):
+        return change[1]
+    return old
+
+
+def _config_of(rec: dict[str, Any]) -> tuple[int | None, int | None]:
+    """A sample's configuration, for a gen whose vm_start was not seen:
+    its vCPU threads and configured memory."""
+    vcpus = _dict(rec.get("cpu")).get("vcpus")
+    mem = _dict(rec.get("mem")).get("alloc_bytes")
+    return (len(vcpus) if isinstance(vcpus, list) and vcpus else None,
+            _opt(mem))
+
+
+def _reason(ex: dict[str, Any]) -> str:
+    if isinstance(ex.get("signal"), int):
+        return f"signal {ex['signal']}"
+    if isinstance(ex.get("code"), int):
+        return f"exit {ex['code']}"
+    return str(ex.get("source") or "stop")
