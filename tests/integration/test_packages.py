@@ -35,8 +35,12 @@ def deb(tmp_path_factory) -> Path:
         pytest.skip(f"Debian's python3 lacks a library "
                     f"({imports.stderr.strip().splitlines()[-1]}): apt-get "
                     f"install {' '.join('python3-' + n for n in LIBS)}")
-    out = tmp_path_factory.mktemp("deb")
-    built = subprocess.run(["sh", str(ROOT / "packaging/build-deb"),
+    return build("build-deb", tmp_path_factory.mktemp("deb"))
+
+
+def build(script: str, out: Path) -> Path:
+    """packaging/<script> OUTDIR: the package file it printed."""
+    built = subprocess.run(["sh", str(ROOT / "packaging" / script),
                             str(out)], capture_output=True, text=True,
                            timeout=600)
     assert built.returncode == 0, built.stderr[-3000:]
@@ -200,12 +204,7 @@ def collector_stores(root: Path, c: CollectorProcess) -> int:
 @pytest.fixture(scope="module")
 def rpm(tmp_path_factory) -> Path:
     require("rpmbuild")
-    out = tmp_path_factory.mktemp("rpm")
-    built = subprocess.run(["sh", str(ROOT / "packaging/build-rpm"),
-                            str(out)], capture_output=True, text=True,
-                           timeout=600)
-    assert built.returncode == 0, built.stderr[-3000:]
-    return Path(built.stdout.strip().splitlines()[-1])
+    return build("build-rpm", tmp_path_factory.mktemp("rpm"))
 
 
 def rpm_query(rpm: Path, *what: str) -> str:
