@@ -34,6 +34,7 @@ from vmagent.collector.store import (
 from vmagent.errors import ConfigError, StateError, VmagentError
 from vmagent.keys import HostKey
 from vmagent.ledger import cli as ledger_cli
+from vmagent.ledger import close
 from vmagent.sdnotify import Notifier
 
 SILENT_AFTER_S = 180.0  # no inventory record with a t this recent: silent
@@ -237,6 +238,7 @@ class _Service:
         self.notifier.send(ready="1",
                            status=f"pulling {len(ingest.threads)} hosts")
         self.last_ping = time.monotonic()
+        self.key = HostKey.load_or_create(cfg.state_dir)
 
     def between(self) -> None:
         if self.reload.is_set():
@@ -249,6 +251,17 @@ class _Service:
                 time.monotonic() - self.last_ping >= watchdog / 2:
             self.notifier.send(watchdog="1")
             self.last_ping = time.monotonic()
+        self.close_periods()
+
+    def close_periods(self) -> None:
+        """``auto_close`` periods due, and corrections for late evidence;
+        a store error waits for the next round."""
+        try:
+            close.auto_close(self.store, self.cfg.auto_close,
+                             self.cfg.calendar, self.cfg.grace_s, self.key,
+                             self.cfg.instance_name)
+        except (VmagentError, OSError) as err:
+            log.get_logger().warning("auto_close_failed", error=str(err))
 
 
 Credentials = tuple[str | None, str | None, str | None]  # token, cert, key
@@ -383,7 +396,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def status_document(store: SqlStore,
                     cfg: config_mod.CollectorConfig) -> dict[str, Any]:
-    """The status document of docs/collector.md (no periods yet)."""
+    """The status document of docs/collector.md."""
     hosts = []
     leases = store.leases()
     now = time.time()
@@ -407,7 +420,8 @@ def status_document(store: SqlStore,
                           h.inventory_t / 1e9 if h.inventory_t else None)})
     return {"store": store.describe(), "instance": cfg.instance_name,
             "instances": store.instances(cfg.lease_s),
-            "hosts": hosts, "periods": []}
+            "hosts": hosts, "periods": close.periods_status(
+                store, cfg.auto_close, cfg.calendar)}
 
 
 def host_state(h: HostRow, now: float) -> str:
@@ -437,6 +451,11 @@ def format_status(doc: dict[str, Any]) -> str:
                         if h["lease"] else ""))
         if h["error"]:
             lines.append(f"  error: {h['error']}")
+    for p in doc.get("periods", []):
+        lines.append(f"period {p['period']} ({p['grain']}, {p['tz']}): "
+                     f"{p['state']}" + (f", waiting for "
+                                        f"{', '.join(p['blocking'])}"
+                                        if p["blocking"] else ""))
     return "\n".join(lines)
 
 

@@ -5,8 +5,8 @@
 This slice reads ``[collector]`` state_dir, store (``sqlite`` or a
 ``postgresql://`` URL), pull_interval, instance, lease, listen,
 read_timeout (an extension: how long a reply may take beyond the
-long-poll's wait) and ``[[hosts]]``; the other keys of §2 (auto_close,
-calendar, grace) are accepted and ignored until their slices land.
+long-poll's wait), auto_close, calendar, grace (ledger/close.py) and
+``[[hosts]]``.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from typing import Any
 from vmagent.config import load_file, parse_duration, text_value, toml_doc
 from vmagent.errors import ConfigError, StateError
 from vmagent.keys import load_public_key
+from vmagent.ledger.periods import GRAINS, PeriodError, zone
 
 DEFAULT_PATH = Path("/usr/local/etc/vmagent/collector.toml"
                     if sys.platform.startswith("freebsd")
                     else "/etc/vmagent/collector.toml")
 BUILTIN = "built-in defaults"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-_LATER = ("auto_close", "calendar", "grace")
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,9 @@ class CollectorConfig:
     lease_s: float = 30.0
     read_timeout_s: float = 30.0  # a reply's time beyond the long-poll
     listen: tuple[str, int] | None = ("127.0.0.1", 9741)  # None: off
+    auto_close: tuple[str, ...] = ("month",)  # grains closed by `run`
+    calendar: str = "UTC"  # IANA zone of the auto_close periods
+    grace_s: float = 3600.0  # closed when period end + grace has passed
     hosts: tuple[HostConfig, ...] = ()
     source: str = BUILTIN
 
@@ -115,14 +118,34 @@ def _collector(source: str, table: dict[str, Any]) -> dict[str, Any]:
                 out["read_timeout_s"] = parse_duration(value)
                 if out["read_timeout_s"] <= 0:
                     raise ValueError(f"expected more than 0s, got {value!r}")
-            elif key not in _LATER:
+            elif key in ("auto_close", "calendar", "grace"):
+                out.update(_periods(key, value))
+            else:
                 raise ValueError("unknown key; expected one of state_dir, "
                                  "store, pull_interval, instance, lease, "
-                                 "read_timeout, listen, "
-                                 + ", ".join(_LATER))
+                                 "read_timeout, listen, auto_close, "
+                                 "calendar, grace")
         except (TypeError, ValueError) as err:
             raise ConfigError(source, name, str(err)) from None
     return out
+
+
+def _periods(key: str, value: Any) -> dict[str, Any]:
+    """``auto_close`` (a list of grains), ``calendar`` (an IANA zone),
+    ``grace`` (a duration)."""
+    if key == "auto_close":
+        if not isinstance(value, list) or \
+                any(g not in GRAINS for g in value):
+            raise ValueError(f"expected a list of {', '.join(GRAINS)}, got "
+                             f"{value!r}")
+        return {"auto_close": tuple(dict.fromkeys(value))}
+    if key == "calendar":
+        try:
+            zone(text_value(value))
+        except PeriodError as err:
+            raise ValueError(str(err)) from None
+        return {"calendar": value}
+    return {"grace_s": parse_duration(value)}
 
 
 def _listen(value: Any) -> tuple[str, int] | None:

@@ -35,6 +35,8 @@ import msgpack
 
 from vmagent.errors import VmagentError
 from vmagent.keys import key_id
+from vmagent.ledger.close import PERIODS_SCHEMA
+from vmagent.ledger.owners import OWNERS_SQL
 from vmagent.ledger.schema import LEDGER_SCHEMA
 from vmagent.log import get_logger
 
@@ -245,6 +247,8 @@ MIGRATIONS: tuple[str, ...] = (
         added {real} NOT NULL, PRIMARY KEY (host, key_id))
     """,  # 4: host keys kept per key id (filled by _fill_host_keys), mTLS
     LEDGER_SCHEMA,  # 5: the ledger (ledger/schema.py)
+    OWNERS_SQL,  # 6: VM owners, time-versioned (ledger/owners.py)
+    PERIODS_SCHEMA,  # 7: period close, certificates, corrections
 )
 
 _FRAME_COLUMNS = ("host", "wal", "first_seq", "last_seq", "hash",

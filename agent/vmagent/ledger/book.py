@@ -6,7 +6,9 @@ rebuilt from the signed frames, and read by reports (docs/usage.md).
 the host's fold state; only the gens those records name and the slices
 they touch are read and written.  ``rebuild`` folds every stored frame of
 the hosts with evidence in a range again from nothing, compares, and
-replaces.  Quantities are exact decimal strings in the store.
+replaces.  Quantities are exact decimal strings in the store.  Owners
+(``import_owners``) cut slices where a VM's owner changes; reports look the
+owner of a slice up (``owners``).
 """
 
 from __future__ import annotations
@@ -15,11 +17,18 @@ import io
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
 from vmagent.ledger.facts import Fold, GenState, HostState, SliceAcc
+from vmagent.ledger.owners import (
+    OWNERS_SELECT_SQL,
+    OWNERS_UPSERT_SQL,
+    OwnerIndex,
+    OwnerRow,
+    clamp_to_open,
+)
 from vmagent.ledger.records import GenInfo, StoredSlice
 from vmagent.log import get_logger
 
@@ -44,7 +53,9 @@ def update(store: Any, host: str, wal: bytes) -> int:
         if not rows:
             return 0
         records = list(_decode_rows(rows))
-        fold = Fold(state, _loader(q, host, state, records))
+        keys = _named(state, records)
+        fold = Fold(state, _loader(q, host, keys),
+                    _owner_cuts(q, {u for u, _ in keys}))
         fold.feed(wal.hex(), records)
         _save(q, host, fold)
         q("INSERT INTO ledger_pos VALUES (?, ?, ?) ON CONFLICT (host, wal) "
@@ -66,11 +77,9 @@ def _host_state(q: Any, host: str) -> HostState:
     return HostState(**json.loads(row[0])) if row else HostState()
 
 
-def _loader(q: Any, host: str, state: HostState,
-            records: list[dict[str, Any]]) \
-        -> Callable[[str, str], GenState | None]:
-    """Loads the gens the records name and the open ones in one query per
-    chunk of uuids; others (a previous gen's taps) one by one."""
+def _named(state: HostState,
+           records: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """(uuid, gen) of the open gens and of those the records name."""
     keys = {(u, g) for u, g in state.open}
     for rec in records:
         inner = rec.get("samples")
@@ -78,6 +87,13 @@ def _loader(q: Any, host: str, state: HostState,
             vm = r.get("vm") if isinstance(r, dict) else None
             if isinstance(vm, dict):
                 keys.add((str(vm.get("uuid")), str(vm.get("gen"))))
+    return keys
+
+
+def _loader(q: Any, host: str, keys: set[tuple[str, str]]) \
+        -> Callable[[str, str], GenState | None]:
+    """Loads the gens ``keys`` names in one query per chunk of uuids;
+    others (a previous gen's taps) one by one."""
     found: dict[tuple[str, str], GenState] = {}
     uuids = sorted({u for u, _ in keys})
     for i in range(0, len(uuids), _CHUNK):
@@ -100,6 +116,32 @@ def _load_gen(q: Any, host: str, uuid: str, gen: str) -> GenState | None:
     row = q("SELECT state FROM ledger_gens WHERE host = ? AND uuid = ? AND "
             "gen = ?", (host, uuid, gen)).fetchone()
     return GenState.from_json(json.loads(row[0])) if row else None
+
+
+def _owner_cuts(q: Any, uuids: set[str]) -> Callable[[str], list[int]]:
+    """A VM's owner changes: those of ``uuids`` read in one query per
+    chunk, any other VM on demand."""
+    wanted = sorted({u.lower() for u in uuids})
+    cuts: dict[str, list[int]] = {u: [] for u in wanted}  # none: no query
+    for i in range(0, len(wanted), _CHUNK):
+        part = wanted[i:i + _CHUNK]
+        for u, t in q("SELECT vm_uuid, from_ns FROM owners WHERE vm_uuid "
+                      f"IN ({_marks(part)}) ORDER BY vm_uuid, from_ns",
+                      tuple(part)).fetchall():
+            cuts.setdefault(u, []).append(t)
+
+    def of(uuid: str) -> list[int]:
+        found = cuts.get(uuid)  # called per reading: the uuid as given
+        if found is None:
+            key = uuid.lower()
+            if key not in cuts:
+                cuts[key] = [r[0] for r in q(
+                    "SELECT from_ns FROM owners WHERE vm_uuid = ? ORDER BY "
+                    "from_ns", (key,)).fetchall()]
+            found = cuts[uuid] = cuts[key]
+        return found
+
+    return of
 
 
 def _marks(items: Sequence[Any]) -> str:
@@ -278,11 +320,9 @@ def _rebuild_host(q: Any, host: str) -> None:
     for table in ("ledger_pos", "ledger_gens", "ledger_slices",
                   "ledger_quantities"):
         q(f"DELETE FROM {table} WHERE host = ?", (host,))
-    wals = [bytes(r[0]) for r in q(
-        "SELECT wal FROM frames WHERE host = ? GROUP BY wal ORDER BY "
-        "min(received), wal", (host,)).fetchall()]
-    fold = Fold(HostState(), lambda *_: None)
-    for wal in wals:
+    index = OwnerIndex(_owner_rows(q))
+    fold = Fold(HostState(), lambda *_: None, index.cuts)
+    for wal in _wals(q, host):
         frames = q("SELECT records FROM frames WHERE host = ? AND wal = ? "
                    "ORDER BY first_seq", (host, wal)).fetchall()
         last = 0
@@ -295,6 +335,13 @@ def _rebuild_host(q: Any, host: str) -> None:
     _save(q, host, fold)
 
 
+def _wals(q: Any, host: str) -> list[bytes]:
+    """The host's WALs in the order they arrived."""
+    return [bytes(r[0]) for r in q(
+        "SELECT wal FROM frames WHERE host = ? GROUP BY wal ORDER BY "
+        "min(received), wal", (host,)).fetchall()]
+
+
 def follow(store: Any, host: str, wal: bytes) -> None:
     """``update`` after a batch was stored (collector/ingest.py).  The
     evidence is stored either way: a failure is logged and the next batch
@@ -304,3 +351,117 @@ def follow(store: Any, host: str, wal: bytes) -> None:
     except Exception as err:  # noqa: BLE001 - the evidence is safe
         get_logger().warning("ledger_update_failed", host=host,
                              error=f"{type(err).__name__}: {err}")
+
+
+# --- owners -------------------------------------------------------------
+
+def open_from_ns(store: Any) -> int:
+    """Where the open periods begin (Unix ns): owner imports take effect
+    from here on, so closed records are never re-attributed.  The end of
+    the last closed period (ledger/close.py), 0 while none is closed."""
+    with store.transaction() as q:
+        row = q("SELECT max(end_ns) FROM ledger_periods").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def _owner_rows(q: Any) -> list[OwnerRow]:
+    return [OwnerRow(*r) for r in q(OWNERS_SELECT_SQL).fetchall()]
+
+
+def owners(store: Any) -> OwnerIndex:
+    """The stored owners, for reports."""
+    with store.transaction() as q:
+        return OwnerIndex(_owner_rows(q))
+
+
+class Imported(NamedTuple):
+    """What an owners import did."""
+
+    rows: int  # rows stored
+    rederived: int  # VMs with evidence whose slices were cut anew
+    hosts: list[str]  # where they ran
+
+
+def import_owners(store: Any, rows: list[OwnerRow]) -> Imported:
+    """Store an owners import, clamped to the open periods.  A VM whose
+    owner-change instants moved needs its slices cut anew: they are
+    re-derived from the frames of the hosts that ran it (``_rederive``) in
+    the same transaction.  A new account or project at an instant already
+    stored needs nothing more: reports look the owner of each slice up."""
+    rows = clamp_to_open(rows, open_from_ns(store))
+    uuids = sorted({r.vm_uuid for r in rows})
+    with store.transaction() as q:
+        before = _owner_cuts(q, set(uuids))
+        old = {u: list(before(u)) for u in uuids}
+        for row in rows:
+            q(OWNERS_UPSERT_SQL, row.params())
+        after = _owner_cuts(q, set(uuids))
+        moved = [u for u in uuids if after(u) != old[u]]
+        ran: dict[str, set[str]] = {}
+        for i in range(0, len(moved), _CHUNK):
+            part = moved[i:i + _CHUNK]
+            for host, uuid in q(
+                    "SELECT DISTINCT host, uuid FROM ledger_gens WHERE "
+                    f"lower(uuid) IN ({_marks(part)})",
+                    tuple(part)).fetchall():
+                ran.setdefault(host, set()).add(uuid)
+        for host, vms in sorted(ran.items()):
+            _rederive(q, host, vms)
+    cut = len({u.lower() for vms in ran.values() for u in vms})
+    get_logger().info("owners_imported", rows=len(rows), vms=len(uuids),
+                      rederived=cut, hosts=sorted(ran))
+    return Imported(len(rows), cut, sorted(ran))
+
+
+def _rederive(q: Any, host: str, uuids: set[str]) -> None:
+    """Fold again the stored records of ``uuids`` on ``host`` (up to
+    ``ledger_pos``: the rest is the next update's) with the host-wide
+    ones (outages, inventories, clock steps), and replace those VMs'
+    slices.  Other VMs' records are skipped: a VM's usage depends on them
+    only through the host's first evidence, taken from the host's state
+    (locked first, as ``_rebuild_host`` does)."""
+    state = _host_state(q, host)
+    pos = {bytes(w): seq for w, seq in q(
+        "SELECT wal, seq FROM ledger_pos WHERE host = ?",
+        (host,)).fetchall()}
+    fold = Fold(HostState(first_t=state.first_t), lambda *_: None,
+                OwnerIndex(_owner_rows(q)).cuts)
+    for wal in _wals(q, host):
+        limit = pos.get(wal, 0)
+        for (blob,) in q("SELECT records FROM frames WHERE host = ? AND "
+                         "wal = ? AND first_seq <= ? ORDER BY first_seq",
+                         (host, wal, limit)).fetchall():
+            recs = (_only(r, uuids) for r in msgpack.Unpacker(
+                io.BytesIO(bytes(blob)), raw=False))
+            fold.feed(wal.hex(), [r for r in recs if r is not None
+                                  and _int_seq(r) <= limit])
+    marks = _marks(sorted(uuids))
+    for table in ("ledger_slices", "ledger_quantities"):
+        q(f"DELETE FROM {table} WHERE host = ? AND uuid IN ({marks})",
+          (host, *sorted(uuids)))
+    _upsert(q, "ledger_gens", _GEN_COLUMNS, _GEN_COLUMNS[:3], [
+        (host, g.uuid, g.gen, g.start_ns, g.end_ns, json.dumps(g.to_json()))
+        for g in fold.gens.values()])
+    _write_slices(q, [
+        _merged(StoredSlice(host, u, g, a, acc.end_ns, acc.vcpus, acc.mem),
+                acc) for (u, g, a), acc in sorted(fold.slices.items())])
+
+
+def _only(rec: Any, uuids: set[str]) -> dict[str, Any] | None:
+    """``rec`` if it is host-wide or of one of ``uuids`` (a ``coalesced``
+    record keeps only their samples); None otherwise."""
+    if not isinstance(rec, dict):
+        return None
+    vm = rec.get("vm")
+    if isinstance(vm, dict):
+        return rec if str(vm.get("uuid")) in uuids else None
+    inner = rec.get("samples")
+    if rec.get("kind") == "coalesced" and isinstance(inner, list):
+        return {**rec, "samples": [s for s in inner if isinstance(s, dict)
+                                   and _only(s, uuids) is not None]}
+    return rec
+
+
+def _int_seq(rec: dict[str, Any]) -> int:
+    seq = rec.get("seq")
+    return seq if isinstance(seq, int) else 0

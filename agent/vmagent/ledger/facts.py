@@ -19,7 +19,7 @@ interval before it); at the gen's start, to its first slice.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,10 +106,12 @@ class GenState:
                 vcpus, mem = v, m
         return vcpus, mem
 
-    def slice_start(self, t: int) -> int:
-        """The start of the slice holding instant ``t``."""
+    def slice_start(self, t: int, extra: Sequence[int] = ()) -> int:
+        """The start of the slice holding instant ``t``; ``extra``: more
+        cuts (owner changes)."""
         cuts = [self.start_ns, t // BASE_NS * BASE_NS]
         cuts += [c[0] for c in self.configs[1:] if c[0] <= t]
+        cuts += [c for c in extra if c <= t]
         return max(c for c in cuts if c <= t)
 
     def to_json(self) -> dict[str, Any]:
@@ -150,12 +152,16 @@ class SliceAcc:
 
 
 class Fold:
-    """Folds records into gen states and slice additions."""
+    """Folds records into gen states and slice additions.  ``owner_cuts``
+    gives a VM's owner changes (Unix ns): slices are cut there too."""
 
     def __init__(self, host: HostState,
-                 load: Callable[[str, str], GenState | None]) -> None:
+                 load: Callable[[str, str], GenState | None],
+                 owner_cuts: Callable[[str], Sequence[int]] | None = None) \
+            -> None:
         self.host = host
         self._load = load
+        self._owner_cuts = owner_cuts or (lambda _uuid: ())
         self.gens: dict[tuple[str, str], GenState] = {}
         self.slices: dict[SliceId, SliceAcc] = {}
         self._wal = ""
@@ -240,12 +246,16 @@ class Fold:
             if meter.startswith("net_"):
                 g.last[(meter, dev)] = [-1, v]  # t -1: a carried baseline
 
+    def _cuts(self, g: GenState) -> list[int]:
+        """Where the gen's slices are cut besides the base grain: its
+        configuration changes and its VM's owner changes."""
+        return [c[0] for c in g.configs[1:]] + list(self._owner_cuts(g.uuid))
+
     def _advance(self, g: GenState, t: int) -> None:
         """Running time up to ``t`` (the gen's newest evidence)."""
         if t <= g.end_ns:
             return
-        cuts = [c[0] for c in g.configs[1:]]
-        for a, b in pieces(g.end_ns, t, cuts):
+        for a, b in pieces(g.end_ns, t, self._cuts(g)):
             s = self._slice(g, a)
             s.vcpus, s.mem = g.config_at(a)  # a first config comes late
             s.end_ns = max(s.end_ns, b)
@@ -258,7 +268,7 @@ class Fold:
         g.end_ns = t
 
     def _slice(self, g: GenState, t: int) -> SliceAcc:
-        start = g.slice_start(t)
+        start = g.slice_start(t, self._owner_cuts(g.uuid))
         sid = (g.uuid, g.gen, start)
         s = self.slices.get(sid)
         if s is None:
@@ -347,8 +357,7 @@ class Fold:
         if t <= t0:
             _add(self._holder(g, t), key, v - v0)
             return
-        cuts = [c[0] for c in g.configs[1:]]
-        parts = pieces(t0, t, cuts)
+        parts = pieces(t0, t, self._cuts(g))
         for (a, b), share in zip(parts, split(v - v0, t0, t, parts)):
             s = self._slice(g, a)
             s.end_ns = max(s.end_ns, b)
@@ -356,7 +365,7 @@ class Fold:
             self._touch(s)
 
     def _interpolated(self, g: GenState, t0: int, t1: int) -> None:
-        for a, b in pieces(t0, t1, [c[0] for c in g.configs[1:]]):
+        for a, b in pieces(t0, t1, self._cuts(g)):
             self._slice(g, a).interpolated_ns += b - a
 
     def _vm_stop(self, t: int, rec: dict[str, Any]) -> None:

@@ -2,18 +2,19 @@
 their JSON shape (COLLECTOR.md section 5, docs/usage.md).
 
 A record is one meter (and device) of one gen over consecutive base slices
-of one period that share the configuration; its ``id`` is SHA-256 over a
-canonical tuple, so the same evidence always gives the same ids.
+of one period that share the configuration and the owner; its ``id`` is
+SHA-256 over a canonical tuple, so the same evidence always gives the same ids.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
+from vmagent.ledger.exact import format_rfc3339_ns
 from vmagent.ledger.facts import RSS, Key
 from vmagent.ledger.periods import period_of
 
@@ -59,11 +60,16 @@ class GenInfo:
     gap_ns: int
 
 
-def merge(slices: list[StoredSlice], grain: str, tz: str) \
+#: The owner of a slice as a record shows it: (account, project).
+Owner = tuple[str | None, str | None]
+
+
+def merge(slices: list[StoredSlice], grain: str, tz: str,
+          owner_of: Callable[[StoredSlice], Owner] | None = None) \
         -> list[tuple[str, list[StoredSlice]]]:
     """Consecutive slices of one gen and period (in ``tz``) with the same
-    configuration, as (period key, slices); ``slices`` sorted by host,
-    uuid, gen, start."""
+    configuration (and owner, by ``owner_of``), as (period key, slices);
+    ``slices`` sorted by host, uuid, gen, start."""
     out: list[tuple[str, list[StoredSlice]]] = []
     for s in slices:
         key = period_of(s.start_ns, grain, tz).key
@@ -72,7 +78,8 @@ def merge(slices: list[StoredSlice], grain: str, tz: str) \
             last = run[-1]
             if pkey == key and (last.host, last.uuid, last.gen) == \
                     (s.host, s.uuid, s.gen) and last.end_ns == s.start_ns \
-                    and (last.vcpus, last.mem) == (s.vcpus, s.mem):
+                    and (last.vcpus, last.mem) == (s.vcpus, s.mem) and (
+                        owner_of is None or owner_of(last) == owner_of(s)):
                 run.append(s)
                 continue
         out.append((key, [s]))
@@ -88,8 +95,10 @@ def record_id(host: str, uuid: str, gen: str, meter: str, device: str,
 
 
 def records_of(period: str, run: list[StoredSlice], grain: str, tz: str,
-               info: GenInfo | None) -> list[dict[str, Any]]:
-    """One record per meter and device of a merged run."""
+               info: GenInfo | None,
+               owner: Owner = (None, None)) -> list[dict[str, Any]]:
+    """One record per meter and device of a merged run, attributed to
+    ``owner`` (account, project)."""
     first, last = run[0], run[-1]
     p = period_of(first.start_ns, grain, tz)
     totals: dict[Key, int] = {}
@@ -113,7 +122,7 @@ def records_of(period: str, run: list[StoredSlice], grain: str, tz: str,
                             first.start_ns, last.end_ns, grain, tz),
             "vm": {"uuid": first.uuid, "name": info.name if info else ""},
             "gen": first.gen, "host": first.host,
-            "account": None, "project": None,
+            "account": owner[0], "project": owner[1],
             "meter": meter, "unit": UNITS.get(meter, ""),
             "quantity": str(q)}
         if meter.startswith("net_"):
@@ -141,12 +150,9 @@ def seq_ranges(host: str, run: list[StoredSlice]) -> list[list[Any]]:
     return [[host, wal, lo, hi] for wal, (lo, hi) in sorted(spans.items())]
 
 
-def rfc3339(t_ns: int) -> str:
-    """UTC, with nanoseconds only where they are not zero."""
-    sec, ns = divmod(t_ns, 10**9)
-    text = datetime.fromtimestamp(sec, timezone.utc).strftime(
-        "%Y-%m-%dT%H:%M:%S")
-    return f"{text}.{ns:09d}Z" if ns else f"{text}Z"
+#: UTC, with nanoseconds only where they are not zero (one formatter for
+#: records, reports and exports: ``exact.format_rfc3339_ns``).
+rfc3339 = format_rfc3339_ns
 
 
 def canonical(records: list[dict[str, Any]]) -> str:

@@ -17,6 +17,7 @@ from vmagent.ledger import book
 from vmagent.ledger.facts import GenState
 from vmagent.ledger.periods import NS, period_of, zone
 from vmagent.ledger.records import (
+    Owner,
     StoredSlice,
     canonical,
     merge,
@@ -24,7 +25,9 @@ from vmagent.ledger.records import (
     rfc3339,
 )
 
-GROUPS = ("vm", "host")
+GROUPS = ("vm", "account", "host")
+#: The account of unowned VMs in ``--account`` and ``--group-by account``.
+UNOWNED = "-"
 HISTORY_METERS = ("cpu_ns", "net_rx_bytes", "net_tx_bytes", "io_rd_bytes",
                   "io_wr_bytes", "mem_rss_max_bytes")
 
@@ -63,8 +66,10 @@ def _ns(when: datetime) -> int:
 
 def usage(store: Any, start_ns: int, end_ns: int, grain: str = "month",
           tz: str = "UTC", vm: str | None = None,
-          host: str | None = None) -> list[dict[str, Any]]:
-    """The records whose slice starts in ``[start_ns, end_ns)``."""
+          host: str | None = None,
+          account: str | None = None) -> list[dict[str, Any]]:
+    """The records whose slice starts in ``[start_ns, end_ns)`` (of
+    ``account`` only if given; ``UNOWNED`` for VMs without an owner)."""
     if end_ns <= start_ns:
         raise ReportError("the end must be after the start")
     lo = period_of(start_ns, grain, tz).start_ns
@@ -73,16 +78,33 @@ def usage(store: Any, start_ns: int, end_ns: int, grain: str = "month",
     infos = {(h, g.uuid, g.gen): book.info_of(g) for h, g in gens}
     parts = book.slices(store, lo, hi, vm, host)
     union_time(parts, gens)
+    index = book.owners(store)
+
+    def owner_of(s: StoredSlice) -> Owner:
+        row = index.at(s.uuid, s.start_ns)
+        return (row.account, row.project) if row else (None, None)
+
     out: list[dict[str, Any]] = []
-    for key, run in merge(parts, grain, tz):
+    for key, run in merge(parts, grain, tz, owner_of):
         first = run[0]
         info = infos.get((first.host, first.uuid, first.gen))
         if start_ns <= first.start_ns < end_ns:
-            out.extend(records_of(key, run, grain, tz, info))
+            out.extend(records_of(key, run, grain, tz, info,
+                                  owner_of(first)))
+    out = of_account(out, account)
     out.sort(key=lambda r: (r["start"], r["host"], r["vm"]["uuid"],
                             r["gen"], r["meter"], r.get("nic", ""),
                             r.get("disk", "")))
     return out
+
+
+def of_account(records: list[dict[str, Any]],
+               account: str | None) -> list[dict[str, Any]]:
+    """The records of ``account`` (``UNOWNED``: of no account); all of
+    them for None."""
+    if account is None:
+        return records
+    return [r for r in records if (r["account"] or UNOWNED) == account]
 
 
 def union_time(parts: list[StoredSlice],
@@ -132,13 +154,14 @@ def _take_out(s: StoredSlice, ns: int) -> None:
 
 def group(records: list[dict[str, Any]], by: str) -> list[dict[str, Any]]:
     """Sums per (key, period, meter) over gens and devices; a maximum for
-    ``mem_rss_max_bytes``."""
+    ``mem_rss_max_bytes``.  Unowned VMs group under account ``UNOWNED``."""
     if by not in GROUPS:
         raise ReportError(f"unknown --group-by {by!r}; expected one of "
                           f"{', '.join(GROUPS)}")
     sums: dict[tuple[str, str, str], dict[str, Any]] = {}
     for r in records:
-        k = r["vm"]["uuid"] if by == "vm" else r["host"]
+        k = r["vm"]["uuid"] if by == "vm" else \
+            (r["account"] or UNOWNED) if by == "account" else r["host"]
         row = sums.setdefault((k, r["period"], r["meter"]), {
             by: k, "period": r["period"], "period_start": r["period_start"],
             "period_end": r["period_end"], "meter": r["meter"],
