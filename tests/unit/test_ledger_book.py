@@ -210,6 +210,24 @@ def test_a_vm_missing_from_inventory_is_lost_at_its_last_evidence(ev):
     assert not any(r["provenance"]["lost"] for r in recs)
 
 
+def test_retiring_the_host_closes_its_open_vms_as_lost_rebuild_agrees(ev):
+    t0 = ns("2026-11-30T10:00:00+00:00")
+    ev.batch({"kind": "agent_start", "t": t0 - S}, start(t0),
+             sample(t0 + M, cpu=S), inventory(t0 + 2 * M, "g1"))
+    [row] = report.history(ev.store)
+    assert row["end"] is None  # running, as far as the evidence goes
+    ev.store.retire_host("hv1", (t0 + 3 * M) / 1e9)
+    assert book.retire(ev.store, "hv1") == 1
+    [row] = report.history(ev.store)
+    assert (row["end_reason"], row["end"]) == ("lost",
+                                              "2026-11-30T10:02:00Z")
+    before = ev.usage("2026-11-30", "2026-12-01", "day")
+    assert any(r["provenance"]["lost"] for r in before)
+    book.rebuild(ev.store, t0 - H, t0 + H, "test")
+    assert ev.usage("2026-11-30", "2026-12-01", "day") == before
+    assert book.retire(ev.store, "hv1") == 0  # already closed
+
+
 def test_an_agent_outage_keeps_running_time_and_marks_interpolation(ev):
     t0 = ns("2026-11-30T10:00:00+00:00")
     ev.batch({"kind": "agent_start", "t": t0 - S}, start(t0),

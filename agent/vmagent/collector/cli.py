@@ -33,6 +33,7 @@ from vmagent.collector.store import (
 )
 from vmagent.errors import ConfigError, StateError, VmagentError
 from vmagent.keys import HostKey
+from vmagent.ledger import book as ledger_book
 from vmagent.ledger import cli as ledger_cli
 from vmagent.ledger import close
 from vmagent.sdnotify import Notifier
@@ -548,13 +549,15 @@ def cmd_hosts_retire(args: argparse.Namespace) -> int:
     store = _existing_store(cfg)
     try:
         retired = store.retire_host(args.name, at)
+        lost = ledger_book.retire(store, args.name) if retired else 0
     finally:
         store.close()
     if not retired:
         print(f"vmcollector: no host {args.name}", file=sys.stderr)
         return EXIT_FAILURE
     print(f"host {args.name} retired at {_rfc3339(at)} (no longer pulled; "
-          "its evidence stays in the store)")
+          f"its evidence stays in the store; {lost} VMs still open on it "
+          "closed at their last evidence as lost)")
     return 0
 
 

@@ -63,6 +63,17 @@ def update(store: Any, host: str, wal: bytes) -> int:
         return len(rows)
 
 
+def retire(store: Any, host: str) -> int:
+    """``hosts retire``: the VMs still open on the host are closed at
+    their last evidence as ``lost`` (COLLECTOR.md section 3); how many."""
+    with store.transaction() as q:
+        state = _host_state(q, host)
+        fold = Fold(state, _loader(q, host, _named(state, [])))
+        n = fold.retire()
+        _save(q, host, fold)
+    return n
+
+
 def _decode_rows(rows: list[Any]) -> Iterator[dict[str, Any]]:
     for seq, body in rows:
         rec = msgpack.unpackb(bytes(body), raw=False)
@@ -332,6 +343,9 @@ def _rebuild_host(q: Any, host: str) -> None:
             fold.feed(wal.hex(), recs)
             last = max([last, *(r.get("seq", 0) for r in recs)])
         q("INSERT INTO ledger_pos VALUES (?, ?, ?)", (host, wal, last))
+    if q("SELECT retired_at FROM hosts WHERE name = ?",
+         (host,)).fetchone() not in (None, (None,)):
+        fold.retire()
     _save(q, host, fold)
 
 

@@ -428,6 +428,18 @@ class Fold:
             elif t > g.end_ns:
                 g.lost = True  # ended at its last evidence, unless seen again
 
+    def retire(self) -> int:
+        """The host is retired (``hosts retire``): its gens still open
+        ended at their last evidence, lost; how many."""
+        n = 0
+        for uuid, gen in list(self.host.open):
+            g = self.gens.get((uuid, gen)) or self._load(uuid, gen)
+            if g is not None and not g.ended and not g.lost:
+                self.gens[(uuid, gen)] = g
+                g.lost = True
+                n += 1
+        return n
+
     def _clock_step(self, t: int, rec: dict[str, Any]) -> None:
         """Reported on the slice of each running gen that holds it, never
         corrected."""
