@@ -17,6 +17,7 @@ import pytest
 from integration.agent_process import free_port
 from integration.conftest import wait_until
 from integration.guests import new_uuid
+from integration.test_collector import CollectorProcess
 from needs import require
 from vmagent.collector import ChainState, verify_batch
 
@@ -28,7 +29,8 @@ class Prometheus:
     """``prometheus`` on a loopback port, scraping one target each second;
     killed (and its data with tmp_path) after the test."""
 
-    def __init__(self, workdir: Path, target: str, token: str) -> None:
+    def __init__(self, workdir: Path, target: str, token: str,
+                 collector: str) -> None:
         require("prometheus")
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "token").write_text(token)
@@ -38,7 +40,9 @@ class Prometheus:
             "  - job_name: vmagent\n"
             "    authorization:\n"
             f"      credentials_file: {workdir / 'token'}\n"
-            f"    static_configs: [{{targets: ['{target}']}}]\n")
+            f"    static_configs: [{{targets: ['{target}']}}]\n"
+            "  - job_name: vmcollector\n"
+            f"    static_configs: [{{targets: ['{collector}']}}]\n")
         self.port = free_port()
         log = open(workdir / "prometheus.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen([
@@ -72,8 +76,9 @@ class Prometheus:
 def prometheus(tmp_path) -> Iterator:
     made: list[Prometheus] = []
 
-    def start(target: str, token: str) -> Prometheus:
-        made.append(Prometheus(tmp_path / "prometheus", target, token))
+    def start(target: str, token: str, collector: str) -> Prometheus:
+        made.append(Prometheus(tmp_path / "prometheus", target, token,
+                               collector))
         return made[-1]
 
     yield start
@@ -82,14 +87,28 @@ def prometheus(tmp_path) -> Iterator:
 
 
 def test_prometheus_scrapes_each_vms_series_equal_to_its_records(
-        agent, guests, taps, prometheus):
+        agent, guests, taps, prometheus, tmp_path):
     vms = {}
     for i, tap in enumerate(taps(2)):
         g = guests(name=f"prom-{i}", uuid=new_uuid(), taps=[tap],
                    mem_mib=64 + 32 * i)
         vms[g.uuid] = g
     a = agent(interval=1.0)
-    prom = prometheus(f"127.0.0.1:{a.port}", a.token())
+    c = CollectorProcess(tmp_path / "collector", [("hv1", a,
+                                                   a.public_key())],
+                         interval="1s")
+    assert c.cli("migrate").returncode == 0
+    c.start()
+    try:
+        scraped(prometheus(f"127.0.0.1:{a.port}", a.token(),
+                           f"127.0.0.1:{c.listen}"), a, vms)
+    finally:
+        c.kill()
+
+
+def scraped(prom, a, vms) -> None:
+    """Every VM's series with the values of its signed records, and data
+    for every expression of the dashboard (the collector's too)."""
     series = wait_until(lambda: len(r := prom.query(
         "vmagent_vm_cpu_seconds_total")) >= 2 and r, 60)
     assert {s["metric"]["uuid"] for s in series} == set(vms)

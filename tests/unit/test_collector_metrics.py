@@ -48,3 +48,51 @@ def test_listen_key():
         with pytest.raises(ConfigError) as err:
             config.parse(f'[collector]\nlisten = "{bad}"\n', "c.toml")
         assert err.value.key == "collector.listen"
+
+
+STATUS = {
+    "hosts": [
+        {"name": "hv1", "state": "current", "clock_offset_s": -0.25,
+         "wals": [{"wal": "aa", "gaps": [{"from_seq": 7, "to_seq": 8,
+                                          "reason": "gap record"}]},
+                  {"wal": "bb", "gaps": [{"from_seq": 1, "to_seq": 1,
+                                          "reason": "410"}]}]},
+        {"name": 'h"2', "state": "untrusted", "clock_offset_s": None,
+         "wals": []}],
+    "periods": [{"period": "2026-11", "grain": "month", "tz": "UTC",
+                 "state": "closable", "blocking": []}],
+}
+
+
+def test_status_families_give_states_gaps_and_periods():
+    from vmagent.collector.metrics import render_status
+
+    lines = render_status(STATUS).splitlines()
+    assert 'vmcollector_host_state{host="hv1",state="current"} 1' in lines
+    assert 'vmcollector_host_state{host="hv1",state="lagging"} 0' in lines
+    assert 'vmcollector_host_state{host="h\\"2",state="untrusted"} 1' \
+        in lines
+    assert 'vmcollector_host_missing_seqs{host="hv1"} 3' in lines
+    assert 'vmcollector_host_clock_offset_seconds{host="hv1"} -0.25' in lines
+    assert not any(line.startswith(
+        'vmcollector_host_clock_offset_seconds{host="h') and "h\\\"2" in line
+        for line in lines)
+    assert ('vmcollector_period_state{period="2026-11",grain="month",'
+            'tz="UTC",state="closable"} 1') in lines
+
+
+def test_the_whole_collector_exposition_passes_promtool():
+    import subprocess
+
+    from needs import missing
+    from vmagent.collector.metrics import Metrics, render_status
+
+    why = missing("promtool")
+    if why:
+        pytest.skip(why)
+    m = Metrics()
+    m.batch_stored("hv1", 3, 0.01, 0, 1.0)
+    text = m.render(now=2.0) + render_status(STATUS)
+    out = subprocess.run(["promtool", "check", "metrics"], input=text,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from vmagent.api.metrics import escape
 from vmagent.log import get_logger
 
 COMMIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -107,6 +108,40 @@ class Metrics:
                  for change, n in sorted(self.lease_changes.items())])
 
 
+HOST_STATES = ("current", "lagging", "failing", "untrusted", "silent",
+               "retired")
+PERIOD_STATES = ("open", "closable", "closed")
+
+
+def render_status(doc: dict[str, Any]) -> str:
+    """The families read from the status document (the store): each host's
+    state and clock offset, each period's state (the ledger)."""
+    out: list[str] = []
+    hosts = doc.get("hosts", [])
+    _family(out, "vmcollector_host_state", "gauge",
+            "1 for the host's state (COLLECTOR.md section 4), else 0.",
+            [(f'{{host="{escape(h["name"])}",state="{state}"}}',
+              str(int(h["state"] == state)))
+             for h in hosts for state in HOST_STATES])
+    _family(out, "vmcollector_host_clock_offset_seconds", "gauge",
+            "The host's records' t against their arrival.",
+            [(_host(h["name"]), str(h["clock_offset_s"])) for h in hosts
+             if h.get("clock_offset_s") is not None])
+    _family(out, "vmcollector_host_missing_seqs", "gauge",
+            "Seqs missing at the source (gap records, 410s, skips).",
+            [(_host(h["name"]), str(sum(
+                g["to_seq"] - g["from_seq"] + 1
+                for w in h.get("wals", []) for g in w.get("gaps", []))))
+             for h in hosts])
+    _family(out, "vmcollector_period_state", "gauge",
+            "1 for the period's state in the ledger, else 0.",
+            [(f'{{period="{escape(p["period"])}",grain="{p.get("grain", "")}"'
+              f',tz="{escape(p.get("tz", ""))}",state="{state}"}}',
+              str(int(p["state"] == state)))
+             for p in doc.get("periods", []) for state in PERIOD_STATES])
+    return "\n".join(out) + "\n"
+
+
 def _family(out: list[str], name: str, kind: str, text: str,
             samples: list[tuple[str, str]]) -> None:
     """A metric family: its HELP and TYPE, then (labels, value) lines."""
@@ -116,12 +151,9 @@ def _family(out: list[str], name: str, kind: str, text: str,
 
 
 def _host(host: str) -> str:
-    return f'{{host="{_esc(host)}"}}'
+    return f'{{host="{escape(host)}"}}'
 
 
-def _esc(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"') \
-        .replace("\n", "\\n")
 
 
 class MonitorServer:
@@ -161,7 +193,12 @@ class MonitorServer:
             def do_GET(self) -> None:  # noqa: N802
                 path = self.path.split("?")[0]
                 if path == "/metrics":
-                    self.reply(200, monitor.metrics.render().encode(),
+                    text = monitor.metrics.render()
+                    try:
+                        text += render_status(monitor.status())
+                    except Exception as err:  # noqa: BLE001 - the rest
+                        log.warning("status_failed", error=str(err))
+                    self.reply(200, text.encode(),
                                "text/plain; version=0.0.4")
                 elif path == "/v1/status":
                     try:
