@@ -62,6 +62,22 @@ def wait_until(pred, timeout: float = 30.0):  # noqa: ANN001, ANN201
     raise TimeoutError(f"condition not met in {timeout}s")
 
 
+def wait_until_still(value, still: float = 1.5,  # noqa: ANN001, ANN201
+                     timeout: float = 30.0):
+    """Poll ``value`` until it has not changed for ``still`` seconds (a
+    count that stopped growing, however loaded the machine); that value."""
+    deadline = time.monotonic() + timeout
+    last, since = value(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = value()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= still:
+            return now
+    raise TimeoutError(f"still changing after {timeout}s")
+
+
 def wait_for_vm(prober: Prober, pid: int, timeout: float = 30.0) -> VM:
     """Discover until the VM with ``pid`` is metered with all its vCPUs."""
     deadline = time.monotonic() + timeout

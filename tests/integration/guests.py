@@ -139,20 +139,26 @@ def _state(pid: int | str) -> str | None:
     return text.rsplit(")", 1)[1].split()[0]
 
 
+def stop_process(pid: int) -> None:
+    """SIGSTOP ``pid`` and wait until every thread of it is stopped, so
+    its CPU counters no longer move."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # wait until every thread stopped
+        states = {_state(f"{pid}/task/{t}")
+                  for t in os.listdir(f"/proc/{pid}/task")}
+        if states <= {"T", "t"}:
+            return
+        time.sleep(0.01)
+    raise TimeoutError(f"pid {pid} did not stop")
+
+
 class _Frozen:
     def __init__(self, pid: int) -> None:
         self.pid = pid
 
     def __enter__(self) -> None:
-        os.kill(self.pid, signal.SIGSTOP)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # wait until every thread stopped
-            states = {_state(f"{self.pid}/task/{t}")
-                      for t in os.listdir(f"/proc/{self.pid}/task")}
-            if states <= {"T", "t"}:
-                return
-            time.sleep(0.01)
-        raise TimeoutError(f"pid {self.pid} did not stop")
+        stop_process(self.pid)
 
     def __exit__(self, *exc: object) -> None:
         os.kill(self.pid, signal.SIGCONT)

@@ -82,7 +82,9 @@ def test_full_disk_while_a_vm_starts_then_sigterm_while_full(
         wait_until(lambda: not status(a)[1]["state_files"]["pending"])
         records = pull_all(a)
         [coalesced] = [r for r in records if r["kind"] == "coalesced"]
-        assert coalesced["sweeps"] >= FULL_S / 0.2 / 2
+        # every sweep seen coalescing is in it (a count, not a rate: a
+        # loaded host sweeps less often than every 0.2 s)
+        assert coalesced["sweeps"] >= doc["wal"]["coalesced_sweeps"]
         [start] = [r for r in records if r["kind"] == "vm_start"]
         gen = start["vm"]["gen"]
         assert gen in {s["vm"]["gen"] for s in coalesced["samples"]}
