@@ -11,9 +11,9 @@ each), then measures the CPU time of the measuring thread, per VM-sweep:
   every vCPU (and vhost) thread's ``schedstat``, ``fstat`` of each disk
   through an ``O_PATH`` fd, block devices' ``stat``; one ``/proc/net/dev``
   read per sweep for all taps.  No parsing;
-- ``debugfs`` (at 1 Hz only): the floor of the debugfs KVM counters the
-  prober still reads each sweep (in ``vmagent`` and ``native``, not in
-  ``floor``);
+- ``debugfs`` (at 1 Hz only): what opening the debugfs KVM counters every
+  sweep would cost (the prober did until issue 16; now it reads them once
+  per rescan where the VMM keeps no binary stats fd, in neither column);
 - discovery: a first ``discover()`` (every process new) and a steady one.
 
 Twice: back-to-back (each the median over ``--rounds`` sweeps, the three
@@ -69,8 +69,8 @@ def floor_plan(prober: Prober, vms: list[VM]) -> str:
 
 
 def debugfs_plan(vms: list[VM]) -> str:
-    """The debugfs KVM counters the prober still reads every sweep (open,
-    read, close: they cannot pread), for their own floor."""
+    """The debugfs KVM counters opened, read and closed (they cannot
+    pread), for what reading them every sweep would cost."""
     lines = []
     for vm in vms:
         lines.append("vm")

@@ -100,9 +100,26 @@ struct vmprobe_vm_spec {
     const uint64_t *disk_ino;
     const char *const *disk_blk_stats;/* "<sysfs>/dev/block/M:m/stat" or NULL */
     int n_disks;
-    const char *const *u64_paths;     /* one decimal u64 each (debugfs kvm) */
+    const char *const *u64_paths;     /* one decimal u64 each (debugfs kvm),
+                                         or NULL: the item's value is the
+                                         sum of its kstat sources below */
     int n_u64;
+    /* KVM binary stats files (Documentation/virt/kvm/api.rst 4.133,
+     * KVM_GET_STATS_FD) copied from the VM process; the caller keeps them
+     * open.  File i: fd, and the byte range of its data block to pread
+     * (kstat_off, kstat_len <= VMPROBE_KSTAT_MAX).  Source j adds the u64
+     * at src_off[j] of file src_file[j]'s range to item src_item[j]. */
+    const int *kstat_fds;
+    const uint32_t *kstat_off;
+    const uint32_t *kstat_len;
+    int n_kstat;
+    const int *src_file;
+    const uint32_t *src_off;
+    const int *src_item;
+    int n_src;
 };
+
+#define VMPROBE_KSTAT_MAX 16384
 
 /* Everything one read fills in; arrays sized as in the spec. */
 struct vmprobe_reading {
@@ -113,6 +130,8 @@ struct vmprobe_reading {
     struct vmprobe_thread *threads;
     struct vmprobe_disk *disks;
     struct vmprobe_u64 *u64s;
+    int read_debugfs;       /* in: read the debugfs items this time; when 0
+                               their err is EAGAIN (not read) */
 };
 
 struct vmprobe_vm;
@@ -126,6 +145,11 @@ struct vmprobe_vm *vmprobe_vm_open(const struct vmprobe_vm_spec *spec);
 int vmprobe_vm_read(struct vmprobe_vm *vm, struct vmprobe_reading *out);
 
 void vmprobe_vm_close(struct vmprobe_vm *vm);
+
+/* A copy of fd `fd` of process `pid` (pidfd_open + pidfd_getfd, Linux 5.6+,
+ * close-on-exec); -1 with errno (EPERM: not allowed to ptrace it; EBADF: no
+ * such fd; ENOSYS: kernel too old). */
+int vmprobe_pidfd_getfd(int pid, int fd);
 
 /* linux-end */
 

@@ -4,7 +4,10 @@
  * cost of the kernel generating the text).  Item files (threads, disks,
  * debugfs) fail one by one into their own err; only the process's stat file
  * failing means the VM is gone.  Tap counters are not here: the caller reads
- * /proc/net/dev once per sweep for every VM (issue 16).
+ * /proc/net/dev once per sweep for every VM (issue 16).  KVM counters come
+ * from the VM's binary stats files where the caller could copy them (one
+ * pread of each file's data block), else from debugfs, read only when the
+ * caller asks (debugfs files cannot pread: an open per file per read).
  */
 #define _GNU_SOURCE /* O_PATH */
 #include <errno.h>
@@ -29,8 +32,11 @@ struct vmprobe_vm {
     int *sched_fd;            /* n_sched; < 0 is -errno from open */
     int *disk_fd;             /* O_PATH; -ESTALE: another file than seen */
     int *blk_fd;              /* NO_FD where there is no block device */
-    int *u64_fd;              /* REOPEN: see read_u64_item */
+    int *u64_fd;              /* REOPEN: see read_u64_item; NO_FD: kstat */
     char **u64_path;
+    int n_kstat, n_src;       /* binary stats files: not owned (the caller's) */
+    int *kstat_fd, *src_file, *src_item;
+    uint32_t *kstat_off, *kstat_len, *src_off;
 };
 
 static int open_in(const char *dir, const char *name)
@@ -72,6 +78,12 @@ void vmprobe_vm_close(struct vmprobe_vm *vm)
     free(vm->disk_fd);
     free(vm->blk_fd);
     free(vm->u64_fd);
+    free(vm->kstat_fd);
+    free(vm->kstat_off);
+    free(vm->kstat_len);
+    free(vm->src_file);
+    free(vm->src_off);
+    free(vm->src_item);
     free(vm);
 }
 
@@ -106,6 +118,40 @@ static int open_disk(const char *link, uint64_t dev, uint64_t ino)
     return fd;
 }
 
+static void *copy_of(const void *src, int n, size_t size)
+{
+    void *out = malloc(((size_t)n + 1) * size);
+
+    if (out != NULL && n > 0)
+        memcpy(out, src, (size_t)n * size);
+    return out;
+}
+
+static int copy_kstats(struct vmprobe_vm *vm, const struct vmprobe_vm_spec *s)
+{
+    int i;
+
+    vm->n_kstat = s->n_kstat;
+    vm->n_src = s->n_src;
+    vm->kstat_fd = copy_of(s->kstat_fds, s->n_kstat, sizeof(int));
+    vm->kstat_off = copy_of(s->kstat_off, s->n_kstat, sizeof(uint32_t));
+    vm->kstat_len = copy_of(s->kstat_len, s->n_kstat, sizeof(uint32_t));
+    vm->src_file = copy_of(s->src_file, s->n_src, sizeof(int));
+    vm->src_off = copy_of(s->src_off, s->n_src, sizeof(uint32_t));
+    vm->src_item = copy_of(s->src_item, s->n_src, sizeof(int));
+    if (!vm->kstat_fd || !vm->kstat_off || !vm->kstat_len || !vm->src_file ||
+        !vm->src_off || !vm->src_item)
+        return -1;
+    for (i = 0; i < s->n_kstat; i++)
+        if (vm->kstat_len[i] > VMPROBE_KSTAT_MAX)
+            vm->kstat_len[i] = 0; /* refused: its sources read as EINVAL */
+    for (i = 0; i < s->n_src; i++)
+        if (vm->src_file[i] < 0 || vm->src_file[i] >= s->n_kstat ||
+            vm->src_item[i] < 0 || vm->src_item[i] >= s->n_u64)
+            vm->src_item[i] = -1; /* out of range: ignored */
+    return 0;
+}
+
 static int open_items(struct vmprobe_vm *vm, const struct vmprobe_vm_spec *s)
 {
     int i;
@@ -118,10 +164,11 @@ static int open_items(struct vmprobe_vm *vm, const struct vmprobe_vm_spec *s)
         vm->disk_fd[i] = NO_FD; /* nothing to close if a later step fails */
     vm->u64_path = calloc((size_t)s->n_u64 + 1, sizeof(char *));
     if (!vm->sched_fd || !vm->u64_fd || !vm->blk_fd || !vm->disk_fd ||
-        !vm->u64_path)
+        !vm->u64_path || copy_kstats(vm, s) < 0)
         return -1;
     for (i = 0; i < s->n_u64; i++)
-        if ((vm->u64_path[i] = strdup(s->u64_paths[i])) == NULL)
+        if (s->u64_paths[i] != NULL &&
+            (vm->u64_path[i] = strdup(s->u64_paths[i])) == NULL)
             return -1;
     for (i = 0; i < s->n_disks; i++)
         vm->disk_fd[i] = open_disk(s->disk_links[i], s->disk_dev[i],
@@ -207,6 +254,50 @@ static int read_u64_item(struct vmprobe_vm *vm, int i, uint64_t *out)
     if (err == 0 && vmprobe_parse_u64(buf, (size_t)n, out) < 0)
         err = errno;
     return err;
+}
+
+/* The binary stats items: each file's data range read with one pread, each
+ * source's u64 added to its item.  Layout: api.rst 4.133 (struct
+ * kvm_stats_header, kvm_stats_desc; the data block at data_offset, one
+ * stat at desc.offset within it), served by kvm_stats_read()
+ * (torvalds/linux:virt/kvm/binary_stats.c), which needs no lock on the
+ * VM and takes any offset: a pread, not a whole-file read. */
+static void read_kstats(struct vmprobe_vm *vm, struct vmprobe_reading *out)
+{
+    unsigned char buf[VMPROBE_KSTAT_MAX];
+    ssize_t n;
+    uint64_t v;
+    int f, j, err, item;
+
+    for (j = 0; j < vm->n_u64; j++)
+        if (vm->u64_path[j] == NULL) { /* a kstat item without a source */
+            out->u64s[j].value = 0;
+            out->u64s[j].err = ENOENT;
+        }
+    for (j = 0; j < vm->n_src; j++)
+        if ((item = vm->src_item[j]) >= 0) {
+            out->u64s[item].value = 0;
+            out->u64s[item].err = 0;
+        }
+    for (f = 0; f < vm->n_kstat; f++) {
+        do {
+            n = pread(vm->kstat_fd[f], buf, vm->kstat_len[f],
+                      vm->kstat_off[f]);
+        } while (n < 0 && errno == EINTR);
+        err = n < 0 ? errno : 0;
+        for (j = 0; j < vm->n_src; j++) {
+            if (vm->src_file[j] != f || (item = vm->src_item[j]) < 0)
+                continue;
+            if (err == 0 && (n < 8 || vm->src_off[j] > (uint32_t)n - 8))
+                err = EINVAL; /* shorter than the header promised */
+            if (err != 0) {
+                out->u64s[item].err = err;
+                continue;
+            }
+            memcpy(&v, buf + vm->src_off[j], sizeof(v)); /* host order */
+            out->u64s[item].value += v;
+        }
+    }
 }
 
 /* /sys/dev/block/M:m/stat: fields 1, 3, 5, 7 (Documentation/block/stat.rst) */
@@ -295,7 +386,12 @@ int vmprobe_vm_read(struct vmprobe_vm *vm, struct vmprobe_reading *out)
     }
     for (i = 0; i < vm->n_disks; i++)
         read_disk(vm, i, &out->disks[i]);
-    for (i = 0; i < vm->n_u64; i++)
-        out->u64s[i].err = read_u64_item(vm, i, &out->u64s[i].value);
+    for (i = 0; i < vm->n_u64; i++) {
+        if (vm->u64_path[i] == NULL)
+            continue; /* a kstat item: read_kstats */
+        out->u64s[i].err = out->read_debugfs ?
+            read_u64_item(vm, i, &out->u64s[i].value) : EAGAIN;
+    }
+    read_kstats(vm, out);
     return 0;
 }

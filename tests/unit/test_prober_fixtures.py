@@ -315,3 +315,62 @@ def test_a_bug_in_one_vms_sampling_is_counted_and_named_unexpected():
     assert sweep.bugs == 1
     assert [r for _, r in sweep.failed] == [
         "OSError: [Errno 5] Input/output error", "unexpected KeyError: 'cpu'"]
+
+
+def test_debugfs_kvm_counters_are_read_in_the_first_sample_after_open(host):
+    host.process(900, "qemu", ["qemu"], exe=QEMU, fds=KVM_FDS)
+    kdir = host.debug / "kvm/900-4"
+    kdir.mkdir(parents=True)
+    (kdir / "pages_4k").write_text("512\n")
+    (kdir / "exits").write_text("7\n")
+    with Prober("h1", options_for(host, rescan_s=3600)) as p:
+        p.discover()
+        _, s = only_sample(p)
+        assert s["kvm"] == {"exits": 7, "pages_4k": 512}
+        (kdir / "pages_4k").write_text("1024\n")
+        _, s = only_sample(p)
+        assert "kvm" not in s  # debugfs is not opened every sweep
+        p.rescan_s = 0  # the rescan reopens the VM's files
+        p.discover()
+        _, s = only_sample(p)
+        assert s["kvm"] == {"exits": 7, "pages_4k": 1024}
+
+
+def test_proc_is_listed_only_after_a_process_was_created(host):
+    os.symlink(str(os.getpid()), host.proc / "self")  # our pid namespace
+    (host.proc / "loadavg").write_text("0.00 0.00 0.00 1/100 5000\n")
+    host.process(600, "qemu", ["qemu", "-name", "first"], exe=QEMU,
+                 fds=KVM_FDS)
+    with prober_for(host) as p:
+        assert [vm.ref.name for vm in p.discover()] == ["first"]
+        host.process(601, "qemu", ["qemu", "-name", "second"], exe=QEMU,
+                     fds=KVM_FDS)
+        assert p.discover() == []  # the last pid did not move: no listing
+        (host.proc / "loadavg").write_text("0.00 0.00 0.00 1/100 5001\n")
+        assert [vm.ref.name for vm in p.discover()] == ["second"]
+
+
+def test_without_a_last_pid_proc_is_listed_every_time(host):
+    host.process(600, "qemu", ["qemu", "-name", "first"], exe=QEMU,
+                 fds=KVM_FDS)
+    with prober_for(host) as p:
+        p.discover()
+        host.process(601, "qemu", ["qemu", "-name", "second"], exe=QEMU,
+                     fds=KVM_FDS)
+        assert [vm.ref.name for vm in p.discover()] == ["second"]
+
+
+def test_a_deferred_process_is_looked_at_again_without_a_listing(host):
+    os.symlink(str(os.getpid()), host.proc / "self")
+    (host.proc / "loadavg").write_text("0.00 0.00 0.00 1/100 5000\n")
+    now = int(time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf(
+        "SC_CLK_TCK"))
+    d = host.process(300, "qemu", ["qemu", "-name", "young"], exe=QEMU,
+                     fds=KVM_FDS, starttime=now)
+    with prober_for(host) as p:
+        assert p.discover() == []  # younger than the settle time
+        stat = d / "stat"  # two seconds later...
+        stat.write_text(stat.read_text().replace(f" {now} ", " 100 ", 1))
+        host.process(301, "qemu", ["qemu", "-name", "unlisted"], exe=QEMU,
+                     fds=KVM_FDS)  # ...with a last pid that did not move
+        assert [vm.ref.name for vm in p.discover()] == ["young"]

@@ -5,6 +5,8 @@ an ``anon_inode:kvm-vm`` fd is a KVM VM (QEMU, Firecracker, cloud-hypervisor),
 a ``qemu-system-*`` process without one is software emulation.  Each VM's
 files are then opened once in C and re-read with pread on every sweep; the
 taps' counters come from one ``/proc/net/dev`` read per sweep for all VMs.
+KVM counters come from the VMM's binary stats files where it keeps them
+open (copied once, pread each sweep), else from debugfs once per open.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from typing import Any
 
 from vmagent.config import ProbesConfig
 from vmagent.identity import derived_vm_uuid, read_boot_id
+from vmagent.log import get_logger
 from vmagent.probes import argv as argv_mod
-from vmagent.probes import procfs
+from vmagent.probes import kvmstats, procfs
 from vmagent.probes._native import ffi, lib
 from vmagent.probes.base import ProberBase
 from vmagent.probes.types import (
@@ -70,11 +73,17 @@ class _Metered:
     reading: Any
     arrays: list[Any] = field(default_factory=list)  # keep cdata alive
     stale: bool = False  # an item failed: look at the layout again
+    kvm_names: tuple[str, ...] = ()  # the reading's u64 items
+    stats_files: list[kvmstats.StatsFile] = field(default_factory=list)
+    debugfs_due: bool = True  # read debugfs in the next sample only
 
     def close(self) -> None:
         if self.handle is not None:
             lib.vmprobe_vm_close(self.handle)
             self.handle = None
+        for f in self.stats_files:
+            f.close()
+        self.stats_files = []
 
 
 class _NetDevFile:
@@ -110,6 +119,37 @@ class _NetDevFile:
             self._fd = None
 
 
+class _LastPid:
+    """The last pid allocated (``/proc/loadavg``, one pread): while it does
+    not move no process was created, so ``/proc`` need not be listed.  Only
+    trusted when ``procfs`` shows this process's pid namespace (the field
+    is the reader's namespace's, whatever procfs is read): there ``self``
+    is our own pid."""
+
+    def __init__(self, procfs_root: str) -> None:
+        self._fd: int | None = None
+        try:
+            if os.readlink(f"{procfs_root}/self") == str(os.getpid()):
+                self._fd = os.open(f"{procfs_root}/loadavg",
+                                   os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            pass  # e.g. a fixture tree: list /proc every time
+
+    def read(self) -> int | None:
+        """The last pid, or None when unknown (then list every time)."""
+        if self._fd is None:
+            return None
+        try:
+            return procfs.parse_loadavg_last_pid(os.pread(self._fd, 128, 0))
+        except (OSError, ValueError):
+            return None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class _Defer(Exception):
     """The process is not ready to be examined; look again next time."""
 
@@ -131,22 +171,23 @@ class Prober(ProberBase["_Metered"]):
         self._boot_ns = time.time_ns() - time.clock_gettime_ns(
             time.CLOCK_BOOTTIME)
         self._net_dev = _NetDevFile(f"{procfs_root}/net/dev")
+        self._last_pid = _LastPid(procfs_root)
+        self._listed_at: int | None = None  # last pid at the last listing
+        self._deferred: set[int] = set()  # pids to look at again
 
     # --- public API (the same names on every platform) -------------------
 
     def discover(self) -> list[VM]:
         """Examine processes not seen before; returns the VMs found new."""
-        pids = {int(n) for n in os.listdir(self.procfs) if n.isdigit()}
-        self._seen &= pids
-        for pid in list(self._metered):
-            if pid not in pids:
-                self._metered[pid].stale = True  # sample() reports it gone
+        rescan = self._rescan_due()
         new: list[VM] = []
         vhosts: list[tuple[int, int]] = []
-        for pid in sorted(pids - self._seen):
+        candidates, self._deferred = self._candidates(rescan), set()
+        for pid in candidates:
             try:
                 found = self._examine(pid)
             except _Defer:
+                self._deferred.add(pid)
                 continue
             self._seen.add(pid)
             if isinstance(found, VM):
@@ -155,7 +196,7 @@ class Prober(ProberBase["_Metered"]):
             elif isinstance(found, tuple):
                 vhosts.append(found)
         self._attach_vhosts(vhosts)
-        if self._rescan_due():
+        if rescan:
             for m in self._metered.values():  # hotplug leaves no error
                 m.stale = True
         self._refresh_stale()
@@ -168,6 +209,7 @@ class Prober(ProberBase["_Metered"]):
         taps = self._net_dev.read(names) if names else {}
         for pid, m in list(self._metered.items()):
             try:
+                m.reading.read_debugfs, m.debugfs_due = m.debugfs_due, False
                 if lib.vmprobe_vm_read(m.handle, m.reading) != 0:
                     self._forget(pid)
                     sweep.gone.append(m.vm)
@@ -187,8 +229,24 @@ class Prober(ProberBase["_Metered"]):
             m.close()
         super().close()
         self._net_dev.close()
+        self._last_pid.close()
 
     # --- discovery --------------------------------------------------------
+
+    def _candidates(self, rescan: bool) -> list[int]:
+        """The pids to examine: those not seen in a listing of /proc, which
+        is skipped while no process was created since the last one (and
+        no rescan is due); else only the pids deferred last time."""
+        last = self._last_pid.read()
+        if last is not None and last == self._listed_at and not rescan:
+            return sorted(self._deferred)
+        pids = {int(n) for n in os.listdir(self.procfs) if n.isdigit()}
+        self._listed_at = last
+        self._seen &= pids
+        for pid in list(self._metered):
+            if pid not in pids:
+                self._metered[pid].stale = True  # sample() reports it gone
+        return sorted(pids - self._seen)
 
     def _examine(self, pid: int) -> VM | tuple[int, int] | None:
         """A VM, a (vhost kthread, owner) pair, or None for anything else."""
@@ -239,6 +297,7 @@ class Prober(ProberBase["_Metered"]):
             disks=self._disks(pdir, links),
             vcpu_threads=threads,
             kvm_stats=self._kvm_stats(pid, vm_fd),
+            kvm_stats_fds=kvmstats.fds_to_copy(links),
             complete=complete,
         )
 
@@ -383,19 +442,38 @@ class Prober(ProberBase["_Metered"]):
             [f"{self.sysfs}/dev/block/{d.block_device}/stat"
              if d.block_device else None for d in vm.disks])
         spec.n_disks = len(vm.disks)
-        spec.u64_paths = strings([p for _, p in vm.kvm_stats])
-        spec.n_u64 = len(vm.kvm_stats)
+        files = self._copy_stats_files(vm)
+        kvm_names = _kvm_spec(spec, vm, files, owned, strings)
         handle = lib.vmprobe_vm_open(spec)
         if handle == ffi.NULL:
+            for f in files:
+                f.close()
             return  # exited already: nothing to meter
         reading = ffi.new("struct vmprobe_reading *")
         arrays = [
             ffi.new("struct vmprobe_thread[]", max(len(sched), 1)),
             ffi.new("struct vmprobe_disk[]", max(len(vm.disks), 1)),
-            ffi.new("struct vmprobe_u64[]", max(len(vm.kvm_stats), 1)),
+            ffi.new("struct vmprobe_u64[]", max(len(kvm_names), 1)),
         ]
         reading.threads, reading.disks, reading.u64s = arrays
-        self._metered[vm.pid] = _Metered(vm, handle, reading, arrays)
+        self._metered[vm.pid] = _Metered(vm, handle, reading, arrays,
+                                         kvm_names=kvm_names,
+                                         stats_files=files)
+
+    def _copy_stats_files(self, vm: VM) -> list[kvmstats.StatsFile]:
+        """The VMM's KVM stats files, copied (all or none: a vCPU's file
+        missing would make a partial sum)."""
+        files: list[kvmstats.StatsFile] = []
+        try:
+            for fd in vm.kvm_stats_fds:
+                files.append(kvmstats.open_copy(vm.pid, fd))
+        except (OSError, ValueError) as err:
+            get_logger(vm=vm.ref.name).info(
+                "kvm_stats_fd_unusable", error=f"{type(err).__name__}: {err}")
+            for f in files:
+                f.close()
+            return []
+        return files
 
     def _forget(self, pid: int) -> None:
         m = self._metered.pop(pid)
@@ -446,8 +524,10 @@ class Prober(ProberBase["_Metered"]):
         out: Sample = {"vm": vm.record(), "cpu": cpu, "mem": mem,
                        "nics": self._nic_records(m, taps), "io": io,
                        "disks": self._disk_records(m)}
-        kvm = {name: r.u64s[i].value for i, (name, _) in
-               enumerate(vm.kvm_stats) if r.u64s[i].err == 0}
+        # debugfs items read at (re)open only (err EAGAIN otherwise): a value
+        # in a record is always one read at its t (docs/records.md)
+        kvm = {name: r.u64s[i].value for i, name in
+               enumerate(m.kvm_names) if r.u64s[i].err == 0}
         if kvm:
             out["kvm"] = kvm
         return out
@@ -490,6 +570,28 @@ class Prober(ProberBase["_Metered"]):
                            rd_ops=d.rd_ios, wr_ops=d.wr_ios)
             out.append(rec)
         return out
+
+
+def _kvm_spec(spec: Any, vm: VM, files: list[kvmstats.StatsFile],
+              owned: Any, strings: Any) -> tuple[str, ...]:
+    """Fill the KVM counter items of ``spec`` (vmprobe_vm_spec): from the
+    copied stats ``files`` where they have the counter, else from debugfs.
+    Returns the items' names in the order of the reading's ``u64s``."""
+    from_fds = kvmstats.sources(files, KVM_STATS)
+    debugfs = [(n, p) for n, p in vm.kvm_stats if n not in from_fds]
+    spec.u64_paths = strings([p for _, p in debugfs] + [None] * len(from_fds))
+    spec.n_u64 = len(debugfs) + len(from_fds)
+    items: dict[str, list[int]] = {n: [] for n, _ in debugfs}
+    plan = kvmstats.plan(files, items | from_fds)
+    spec.kstat_fds = owned("int[]", [f.fd for f in files] or 1)
+    spec.kstat_off = owned("uint32_t[]", [o for o, _ in plan.ranges] or 1)
+    spec.kstat_len = owned("uint32_t[]", [n for _, n in plan.ranges] or 1)
+    spec.n_kstat = len(files)
+    spec.src_file, spec.src_off, spec.src_item = (
+        owned(t, [s[i] for s in plan.sources] or 1)
+        for i, t in enumerate(("int[]", "uint32_t[]", "int[]")))
+    spec.n_src = len(plan.sources)
+    return (*(n for n, _ in debugfs), *from_fds)
 
 
 # --- small readers: None when the file is gone or unreadable --------------

@@ -126,6 +126,15 @@ def parse_net_dev(text: bytes,
     return out
 
 
+def parse_loadavg_last_pid(text: bytes) -> int:
+    """The last pid allocated in the reader's pid namespace: the fifth
+    field of ``/proc/loadavg`` (fs/proc/loadavg.c); ValueError otherwise."""
+    fields = text.split()
+    if len(fields) != 5 or not fields[4].isdigit():
+        raise ValueError(f"not a /proc/loadavg line: {text[:80]!r}")
+    return int(fields[4])
+
+
 def parse_fdinfo(text: str) -> dict[str, str]:
     """``/proc/<pid>/fdinfo/<fd>`` as a dict (first value of each key).
 

@@ -102,6 +102,8 @@ class VM:
     # vhost kernel threads outside the process
     vhost_pids: tuple[int, ...] = ()
     kvm_stats: tuple[tuple[str, str], ...] = ()  # (name, debugfs path)
+    # Linux: the VM process's own KVM binary stats fds (probes/kvmstats.py)
+    kvm_stats_fds: tuple[int, ...] = ()
     vmm: str | None = None  # FreeBSD: the VM's /dev/vmm name
     complete: bool = True  # False: vCPU threads still missing, look again
 

@@ -1,0 +1,158 @@
+"""Whole-daemon benchmark: a ``vmagent run`` process's CPU per VM-sweep and
+its RSS at its own cadence (1 Hz), against the kernel's floor (issue 16).
+
+Starts N paused KVM guests (``qemu -S``; 2 vCPUs, one tap, one raw disk
+each, as bench/sweep.py), then a real ``vmagent run`` with ``interval = 1``
+in a temporary state dir.  After a warm-up it measures, over ``--seconds``:
+
+- ``daemon``: the process's CPU time (every thread's ``sum_exec_runtime``
+  from ``/proc/<pid>/task/*/schedstat``, ns) divided by the sweeps it did
+  (its status document) and the VMs it meters; cross-checked against
+  utime + stime of ``/proc/<pid>/stat`` (ticks, includes exited threads);
+- its threads, heaviest first (Python 3.11 does not name them: the sweep
+  thread is the heaviest, the others are the API, control and exit
+  watchers);
+- ``prober``: ``Prober.sample()`` in this process, once a second at the
+  same time (thread CPU): the prober's share of the daemon's cost;
+- ``floor``: bench/floor.c at 1 Hz meanwhile (its own process; the cheapest
+  reads of the same information, see bench/sweep.py);
+- the daemon's RSS (``VmRSS``) at the end.
+
+Run as root from the repository:
+    sudo .venv/bin/python bench/daemon.py --vms 10 40 --seconds 90
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from sweep import floor_at_cadence, floor_plan, result, start_guests, wait_all  # noqa: E402
+
+from integration.agent_process import AgentProcess  # noqa: E402
+from integration.guests import delete_tap  # noqa: E402
+from vmagent.api.control import query_status  # noqa: E402
+from vmagent.probes import Prober  # noqa: E402
+
+WARMUP_S = 15  # the first discovery, the first WAL segment, imports
+
+
+def threads_ns(pid: int) -> dict[int, int]:
+    """sum_exec_runtime of every thread of ``pid``, by tid."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            text = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        out[int(tid)] = int(text.split()[0])
+    return out
+
+
+def ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise ValueError("no VmRSS")
+
+
+def measure(n: int, seconds: int, floor_bin: Path, workdir: Path) -> dict:
+    guests, taps = start_guests(n, workdir)
+    agent = AgentProcess(workdir / "agent", interval=1.0)
+    try:
+        pids = {g.pid for g in guests}
+        prober = Prober("bench-host")
+        wait_all(prober, pids)
+        plan = floor_plan(prober, prober.vms())
+        agent.start()
+        assert agent.proc is not None
+        pid = agent.proc.pid
+        time.sleep(WARMUP_S)
+        floor_proc = floor_at_cadence(floor_bin, plan, seconds)
+        before = query_status(agent.state)
+        t0, k0 = threads_ns(pid), ticks(pid)
+        sample_us = []
+        start = time.monotonic()
+        for s in range(seconds):  # the prober alone, half a second apart
+            delay = start + s + 0.5 - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            c0 = time.thread_time_ns()
+            prober.sample()
+            sample_us.append((time.thread_time_ns() - c0) / 1e3)
+        t1, k1 = threads_ns(pid), ticks(pid)
+        after = query_status(agent.state)
+        floor_1hz = result(floor_proc)
+        sweeps = after["sweeps"] - before["sweeps"]
+        vms = after["vms"]
+        per = {tid: t1[tid] - t0.get(tid, 0) for tid in t1}
+        total_ns = sum(per.values())
+        div = sweeps * vms
+        metered = len(prober.vms())
+        prober.close()
+        return {
+            "vms": vms, "sweeps": sweeps,
+            "daemon_us": total_ns / 1e3 / div,
+            "daemon_ticks_us": (k1 - k0) * 1e6 / os.sysconf("SC_CLK_TCK")
+            / div,
+            "threads": sorted((v / 1e3 / div for v in per.values()),
+                              reverse=True),
+            "prober_us": statistics.median(sample_us) / metered,
+            "floor_us": floor_1hz,
+            "rss_mb": rss_kb(pid) / 1024,
+        }
+    finally:
+        agent.kill()
+        for g in guests:
+            g.kill()
+        for t in taps:
+            delete_tap(t)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--vms", type=int, nargs="+", default=[10, 40])
+    ap.add_argument("--seconds", type=int, default=90)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("run as root (guests, taps, other processes' /proc)",
+              file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        floor_bin = Path(tmp) / "floor"
+        subprocess.run(["cc", "-O2", "-Wall", "-Werror", "-o", str(floor_bin),
+                        str(ROOT / "bench/floor.c")], check=True)
+        print("CPU µs per VM-sweep at 1 Hz (CPU time, not wall time)")
+        print("| VMs | sweeps | daemon | daemon (ticks) | prober | floor | "
+              "daemon / floor | RSS MB | threads (heaviest first) |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for n in args.vms:
+            workdir = Path(tmp) / f"n{n}"
+            workdir.mkdir()
+            r = measure(n, args.seconds, floor_bin, workdir)
+            threads = ", ".join(f"{t:.1f}" for t in r["threads"] if t >= 0.05)
+            print(f"| {r['vms']} | {r['sweeps']} | {r['daemon_us']:.1f} | "
+                  f"{r['daemon_ticks_us']:.1f} | {r['prober_us']:.1f} | "
+                  f"{r['floor_us']:.1f} | "
+                  f"{r['daemon_us'] / r['floor_us']:.2f} | "
+                  f"{r['rss_mb']:.1f} | {threads} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
