@@ -37,10 +37,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from sweep import floor_at_cadence, floor_plan, result, start_guests, wait_all  # noqa: E402
+from sweep import (  # noqa: E402
+    floor_at_cadence,
+    floor_plan,
+    not_root,
+    result,
+    start_guests,
+    stop_guests,
+    wait_all,
+)
 
 from integration.agent_process import AgentProcess  # noqa: E402
-from integration.guests import delete_tap  # noqa: E402
 from vmagent.api.control import query_status  # noqa: E402
 from vmagent.probes import Prober  # noqa: E402
 
@@ -118,10 +125,7 @@ def measure(n: int, seconds: int, floor_bin: Path, workdir: Path) -> dict:
         }
     finally:
         agent.kill()
-        for g in guests:
-            g.kill()
-        for t in taps:
-            delete_tap(t)
+        stop_guests(guests, taps)
 
 
 def main() -> int:
@@ -129,9 +133,7 @@ def main() -> int:
     ap.add_argument("--vms", type=int, nargs="+", default=[10, 40])
     ap.add_argument("--seconds", type=int, default=90)
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        print("run as root (guests, taps, other processes' /proc)",
-              file=sys.stderr)
+    if not_root():
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         floor_bin = Path(tmp) / "floor"

@@ -11,7 +11,6 @@ Run as root from the repository:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -24,10 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from sweep import start_guests, wait_all  # noqa: E402
+from sweep import not_root, start_guests, stop_guests, wait_all  # noqa: E402
 
 from integration.agent_process import free_port  # noqa: E402
-from integration.guests import delete_tap  # noqa: E402
 from vmagent import config as config_mod  # noqa: E402
 from vmagent import daemon as daemon_mod  # noqa: E402
 from vmagent.probes import Prober  # noqa: E402
@@ -103,10 +101,7 @@ def measure(n: int, seconds: int, workdir: Path) -> dict[str, float]:
         agent.exits.close()
         return out
     finally:
-        for g in guests:
-            g.kill()
-        for t in taps:
-            delete_tap(t)
+        stop_guests(guests, taps)
 
 
 def main() -> int:
@@ -114,9 +109,7 @@ def main() -> int:
     ap.add_argument("--vms", type=int, default=40)
     ap.add_argument("--seconds", type=int, default=60)
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        print("run as root (guests, taps, other processes' /proc)",
-              file=sys.stderr)
+    if not_root():
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         r = measure(args.vms, args.seconds, Path(tmp))

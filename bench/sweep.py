@@ -136,6 +136,23 @@ def start_guests(n: int, workdir: Path) -> tuple[list[Guest], list[str]]:
     return guests, taps
 
 
+def stop_guests(guests: list[Guest], taps: list[str]) -> None:
+    for g in guests:
+        g.kill()
+    for t in taps:
+        delete_tap(t)
+
+
+def not_root() -> bool:
+    """True (and says so) where the benchmark cannot run: it needs root
+    for guests, taps and other processes' /proc."""
+    if os.geteuid() != 0:
+        print("run as root (guests, taps, other processes' /proc)",
+              file=sys.stderr)
+        return True
+    return False
+
+
 def wait_all(prober: Prober, pids: set[int]) -> list[VM]:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -200,10 +217,7 @@ def measure(n: int, rounds: int, cadence: int, floor_bin: Path,
                 "processes": len([p for p in os.listdir("/proc")
                                   if p.isdigit()])}
     finally:
-        for g in guests:
-            g.kill()
-        for t in taps:
-            delete_tap(t)
+        stop_guests(guests, taps)
 
 
 def main() -> int:
@@ -213,8 +227,7 @@ def main() -> int:
     ap.add_argument("--cadence", type=int, default=60,
                     help="seconds of one sweep a second (0: none)")
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        print("run as root (taps, other processes' /proc)", file=sys.stderr)
+    if not_root():
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         floor_bin = Path(tmp) / "floor"
