@@ -55,6 +55,7 @@ from vmagent.collector.store import (  # noqa: E402
     SqlStore,
 )
 from vmagent.keys import HostKey  # noqa: E402
+from vmagent.ledger import book as ledger_book  # noqa: E402
 from vmagent.wal import Wal  # noqa: E402
 from vmagent.wal import format as fmt  # noqa: E402
 from wal import NoSync, vm_sample  # noqa: E402
@@ -145,14 +146,19 @@ def drain(kind: str, a: AgentProcess, records: int, work: Path,
     t.wrap(frames_mod, "iter_records", "decode records", materialise=True)
     t.wrap(store, "save_batch", "store transaction (insert + commit)")
     t.wrap(store_mod, "record_bodies", "split records for the store")
+    t.wrap(ledger_book, "update", "ledger fold (own transaction)")
     cpu0, t0 = time.process_time(), time.perf_counter()
     try:
         while ing.state.last_seq < records:
             assert ing.cycle() is True
+        ing.halt()  # folds what the ledger has not folded yet
     finally:
         t.restore()
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     held = store.wals(f"hv-{kind}")[0]["held"]
+    with store.transaction() as q:  # the ledger followed every record
+        folded = q("SELECT seq FROM ledger_pos").fetchall()
+    assert folded == [(records,)], folded
     store.close()
     assert held == [[1, records]], held  # every seq, once
     spent = dict(t.spent)

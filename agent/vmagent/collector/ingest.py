@@ -54,6 +54,11 @@ FAILING_AFTER = 3  # pulls failed in a row
 LAGGING_AFTER_S = 60.0
 READ_TIMEOUT_S = 30.0  # a whole reply, beyond the long-poll's wait
 REPLY_BYTES = 4 << 20  # an agent's reply ends after this much (or max)
+# the usage ledger folds after the ack when the host is caught up (a batch
+# that is not full), else once this many records wait: while a backlog
+# drains, each gen and slice is read and written once per fold, not once
+# per batch (bench/collector.py)
+FOLD_RECORDS = 16_000
 
 
 def backoff(attempt: int, cap: float = BACKOFF_CAP_S) -> float:
@@ -81,6 +86,8 @@ class HostIngest(threading.Thread):
         self.max_records = MAX_RECORDS
         self.pending: list[tuple[int, int, str]] = []  # missing, unsaved
         self.failures = 0
+        self.unfolded = 0  # records stored and not yet folded, of:
+        self.fold_wal: bytes | None = None
         self.full_since: float | None = None
         self.keys = host.pinned()
         self.timeout_s = self.wait_s + read_timeout_s
@@ -109,7 +116,7 @@ class HostIngest(threading.Thread):
         is stored and acked first; one arriving later is dropped)."""
         self.stop_event.set()
         with self.busy:
-            pass
+            self._fold()
 
     def cycle(self) -> bool | None:
         """One pull.  True: progress or nothing new; None: retry after a
@@ -148,6 +155,7 @@ class HostIngest(threading.Thread):
             raise
         except EvidenceConflict as err:
             self.state = before
+            self._fold()  # what earlier batches stored
             return self._untrusted(str(err))
         except LeaseLost as err:  # another instance has it: hands off
             self.state = before
@@ -156,9 +164,20 @@ class HostIngest(threading.Thread):
             return False
         if frames:
             self._ack()
+        full = bool(frames) and self.full_since is not None
+        if failure is not None or not full or \
+                self.unfolded >= FOLD_RECORDS:
+            self._fold()
         if failure is not None:
             return self._untrusted(failure)
         return True
+
+    def _fold(self) -> None:
+        """The usage ledger follows what is stored, in its own
+        transaction (what it cannot fold now, the next fold does)."""
+        if self.unfolded and self.fold_wal is not None:
+            ledger_book.follow(self.store, self.host.name, self.fold_wal)
+        self.unfolded = 0
 
     def _save(self, frames: list[StoredFrame],
               missing: list[tuple[int, int, str]]) -> None:
@@ -174,8 +193,8 @@ class HostIngest(threading.Thread):
         self._count(frames, time.monotonic() - began, progress)
         self.host = replace(self.host, wal=self.state.wal)
         self.pending = []
-        if frames:  # the usage ledger follows, in its own transaction
-            ledger_book.follow(self.store, self.host.name, self.state.wal)
+        self.unfolded += sum(len(f.decoded) for f in frames)
+        self.fold_wal = self.state.wal
         for a, b, reason in missing:
             self.log.warning("missing_recorded", from_seq=a, to_seq=b,
                              reason=reason)
@@ -276,6 +295,8 @@ class HostIngest(threading.Thread):
         body = err.body
         if err.status == 409 and body.get("wal") not in (None, current):
             self.log.warning("new_wal", old=current, new=body["wal"])
+            with self.busy:
+                self._fold()  # the old WAL's records stored so far
             self.state = ChainState()  # an explicit discontinuity
             return True
         a, b = body.get("missing_from"), body.get("missing_to")
