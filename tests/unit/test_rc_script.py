@@ -1,5 +1,6 @@
-"""rc.d/vmagent: valid sh, the rc.subr variables the FreeBSD issue asks
-for, and every rc.conf knob documented in the header comment."""
+"""rc.d/vmagent and rc.d/vmcollector: valid sh, the rc.subr variables the
+FreeBSD issue asks for, and every rc.conf knob documented in the header
+comment."""
 
 from __future__ import annotations
 
@@ -11,54 +12,66 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[2]
-SCRIPT = ROOT / "rc.d/vmagent"
-TEXT = SCRIPT.read_text()
+NAMES = ["vmagent", "vmcollector"]
 
 
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("shell", ["sh", "dash", "busybox"])
-def test_script_parses(shell):
+def test_script_parses(shell, name):
     if shutil.which(shell) is None:
         pytest.skip(f"no {shell}")
-    cmd = [shell, "sh", "-n", str(SCRIPT)] if shell == "busybox" else \
-        [shell, "-n", str(SCRIPT)]
+    script = str(ROOT / "rc.d" / name)
+    cmd = [shell, "sh", "-n", script] if shell == "busybox" else \
+        [shell, "-n", script]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 
 
-def test_rcorder_keywords():
-    assert re.search(r"^# PROVIDE: vmagent$", TEXT, re.M)
-    assert re.search(r"^# REQUIRE: .*\bLOGIN\b", TEXT, re.M)
-    assert re.search(r"^# KEYWORD: shutdown$", TEXT, re.M)
+@pytest.mark.parametrize("name", NAMES)
+def test_rcorder_keywords(name):
+    text = (ROOT / "rc.d" / name).read_text()
+    assert re.search(rf"^# PROVIDE: {name}$", text, re.M)
+    assert re.search(r"^# REQUIRE: .*\bLOGIN\b", text, re.M)
+    assert re.search(r"^# KEYWORD: shutdown$", text, re.M)
 
 
-def test_rc_subr_variables():
-    assert ". /etc/rc.subr" in TEXT
-    assert 'name="vmagent"' in TEXT and 'rcvar="vmagent_enable"' in TEXT
-    assert ': ${vmagent_enable:="NO"}' in TEXT
-    assert "load_rc_config $name" in TEXT
-    assert 'command="/usr/sbin/daemon"' in TEXT
-    args = re.search(r'command_args="([^"]*)"', TEXT, re.S).group(1)
+@pytest.mark.parametrize("name", NAMES)
+def test_rc_subr_variables(name):
+    text = (ROOT / "rc.d" / name).read_text()
+    assert ". /etc/rc.subr" in text
+    assert f'name="{name}"' in text and f'rcvar="{name}_enable"' in text
+    assert f': ${{{name}_enable:="NO"}}' in text
+    assert "load_rc_config $name" in text
+    assert 'command="/usr/sbin/daemon"' in text
+    args = re.search(r'command_args="([^"]*)"', text, re.S).group(1)
     assert "-P ${pidfile}" in args and "-r" in args.split()
-    assert "vmagent run" in args and "${vmagent_flags}" in args
-    assert 'start_precmd="vmagent_precmd"' in TEXT
-    precmd = TEXT[TEXT.index("vmagent_precmd()"):]
-    assert "install -d -m 0750" in precmd and "${vmagent_state_dir}" in precmd
-    assert 'run_rc_command "$1"' in TEXT
+    assert f"{name} run" in args and f"${{{name}_flags}}" in args
+    assert f'start_precmd="{name}_precmd"' in text
+    precmd = text[text.index(f"{name}_precmd()"):]
+    assert "install -d -m 0750" in precmd and \
+        f"${{{name}_state_dir}}" in precmd
+    assert f"{name} check-config" in precmd
+    assert 'run_rc_command "$1"' in text
 
 
-def test_every_knob_is_documented_in_the_header():
-    header = TEXT[:TEXT.index(". /etc/rc.subr")]
-    knobs = re.findall(r"^: \$\{(vmagent_\w+):=", TEXT, re.M)
-    assert {"vmagent_enable", "vmagent_config", "vmagent_flags"} <= set(knobs)
+@pytest.mark.parametrize("name", NAMES)
+def test_every_knob_is_documented_in_the_header(name):
+    text = (ROOT / "rc.d" / name).read_text()
+    header = text[:text.index(". /etc/rc.subr")]
+    knobs = re.findall(rf"^: \$\{{({name}_\w+):=", text, re.M)
+    assert {f"{name}_enable", f"{name}_config", f"{name}_flags"} <= \
+        set(knobs)
     for knob in knobs:
         assert re.search(rf"^# {knob} \(", header, re.M), knob
 
 
-def test_the_port_installs_the_script_and_a_sample_config():
+def test_the_port_installs_the_scripts_and_a_sample_config():
     port = ROOT / "packaging/freebsd"
-    assert (port / "files/vmagent.in").resolve() == SCRIPT.resolve()
+    for name in NAMES:
+        assert (port / f"files/{name}.in").resolve() == \
+            (ROOT / "rc.d" / name).resolve()
     make = (port / "Makefile").read_text()
-    assert "USE_RC_SUBR=\tvmagent" in make
+    assert "USE_RC_SUBR=\tvmagent vmcollector" in make
     assert "vmagent.toml.sample" in make
     assert (port / "files/vmagent.toml.sample").exists()
     assert "@sample etc/vmagent/vmagent.toml.sample" in \
