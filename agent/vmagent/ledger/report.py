@@ -79,10 +79,16 @@ def usage(store: Any, start_ns: int, end_ns: int, grain: str = "month",
     parts = book.slices(store, lo, hi, vm, host)
     union_time(parts, gens)
     index = book.owners(store)
+    seen: dict[tuple[str, int], Owner] = {}  # merge asks twice a slice
 
     def owner_of(s: StoredSlice) -> Owner:
-        row = index.at(s.uuid, s.start_ns)
-        return (row.account, row.project) if row else (None, None)
+        key = (s.uuid, s.start_ns)
+        found = seen.get(key)
+        if found is None:
+            row = index.at(s.uuid, s.start_ns)
+            found = seen[key] = (row.account, row.project) if row \
+                else (None, None)
+        return found
 
     out: list[dict[str, Any]] = []
     for key, run in merge(parts, grain, tz, owner_of):
