@@ -11,18 +11,23 @@ agent's commit to the store's at a 1 s pull interval.
    calls: the pull (HTTP and the batch's msgpack), the frame hash, the
    Ed25519 signature, the records' decoding, splitting the frame's
    records bytes into each record's for the store, the store's
-   transaction (inserts and commit), the ack; "other" is the rest of the
-   ingest loop.
+   transaction (inserts and commit), the ack, the usage ledger's fold
+   (its arithmetic, ``Fold.feed``, apart from the rest of its
+   transaction); "other" is the rest of the ingest loop.
 2. Latency: a live agent with 50 fake VMs at ``interval = 1`` and the
    ingest loop with a 1 s long-poll: per stored batch, the store's commit
    time minus the newest record's ``t`` (the sweep's time, taken before
    the agent's commit: an upper bound of commit-to-store).
 
+3. ``--fold-only``: the ledger's arithmetic alone, in memory: the same
+   records (1000 VMs, 10 s apart) folded by ``Fold.feed`` in batches of
+   ``FOLD_RECORDS``, no store, no decoding.
+
 PostgreSQL is a throwaway cluster made as the tests make it
 (tests/integration/postgres.py: initdb, fsync off, loopback).
 
     .venv/bin/python bench/collector.py [--records 1000000]
-        [--stores sqlite,postgresql] [--latency-s 60]
+        [--stores sqlite,postgresql] [--latency-s 60] [--fold-only]
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ from vmagent.collector.store import (  # noqa: E402
 )
 from vmagent.keys import HostKey  # noqa: E402
 from vmagent.ledger import book as ledger_book  # noqa: E402
+from vmagent.ledger import facts as ledger_facts  # noqa: E402
 from vmagent.wal import Wal  # noqa: E402
 from vmagent.wal import format as fmt  # noqa: E402
 from wal import NoSync, vm_sample  # noqa: E402
@@ -147,6 +153,7 @@ def drain(kind: str, a: AgentProcess, records: int, work: Path,
     t.wrap(store, "save_batch", "store transaction (insert + commit)")
     t.wrap(store_mod, "record_bodies", "split records for the store")
     t.wrap(ledger_book, "update", "ledger fold (own transaction)")
+    t.wrap(ledger_facts.Fold, "feed", "ledger: Fold.feed (in the fold)")
     cpu0, t0 = time.process_time(), time.perf_counter()
     try:
         while ing.state.last_seq < records:
@@ -165,6 +172,8 @@ def drain(kind: str, a: AgentProcess, records: int, work: Path,
     # the splitting happens inside the store's transaction
     store_key = "store transaction (insert + commit)"
     spent[store_key] -= spent.get("split records for the store", 0)
+    spent["ledger fold (own transaction)"] -= spent.get(
+        "ledger: Fold.feed (in the fold)", 0)
     spent["other (ingest loop)"] = wall - sum(spent.values())
     return {"rate": records / wall, "wall": wall, "cpu": cpu,
             "spent": spent}
@@ -200,12 +209,33 @@ def latency(kind: str, work: Path, pg: Any, seconds: float,
     return out
 
 
+def fold_only(records: int) -> float:
+    """Records/s of ``Fold.feed`` alone over the drain's records."""
+    from vmagent.collector.ingest import FOLD_RECORDS
+
+    recs = []
+    for i in range(1, records // 1000 + 1):
+        for v in range(1000):
+            recs.append({**vm_sample(i, v), "seq": len(recs) + 1})
+    fold = ledger_facts.Fold(ledger_facts.HostState(), lambda *_: None)
+    t0 = time.perf_counter()
+    for at in range(0, len(recs), FOLD_RECORDS):
+        fold.feed("00", recs[at:at + FOLD_RECORDS])
+    return len(recs) / (time.perf_counter() - t0)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=1_000_000)
     ap.add_argument("--stores", default="sqlite,postgresql")
     ap.add_argument("--latency-s", type=float, default=60.0)
+    ap.add_argument("--fold-only", action="store_true",
+                    help="only the ledger's fold, in memory")
     args = ap.parse_args()
+    if args.fold_only:
+        print(f"Fold.feed alone: {args.records:,} records, "
+              f"{fold_only(args.records):,.0f} records/s")
+        return 0
     kinds = args.stores.split(",")
     pg = None
     with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:

@@ -57,8 +57,35 @@ REPLY_BYTES = 4 << 20  # an agent's reply ends after this much (or max)
 # the usage ledger folds after the ack when the host is caught up (a batch
 # that is not full), else once this many records wait: while a backlog
 # drains, each gen and slice is read and written once per fold, not once
-# per batch (bench/collector.py)
-FOLD_RECORDS = 16_000
+# per batch; on SQLite (one writer) a fold of this many holds the write
+# lock for under a second (bench/collector.py, docs/benchmarks.md)
+FOLD_RECORDS = 32_000
+# the decoded records a process's ingest threads together keep for their
+# next fold (about 3 kB each in memory), so that it need not read and
+# decode them back from the store; past this, folds read the store
+HELD_RECORDS = 64_000
+
+
+class _Held:
+    """The process's count of decoded records kept for folds."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.lock = threading.Lock()
+
+    def take(self, n: int) -> bool:
+        with self.lock:
+            if self.count + n > HELD_RECORDS:
+                return False
+            self.count += n
+            return True
+
+    def give_back(self, n: int) -> None:
+        with self.lock:
+            self.count -= n
+
+
+HELD = _Held()
 
 
 def backoff(attempt: int, cap: float = BACKOFF_CAP_S) -> float:
@@ -88,6 +115,8 @@ class HostIngest(threading.Thread):
         self.failures = 0
         self.unfolded = 0  # records stored and not yet folded, of:
         self.fold_wal: bytes | None = None
+        # decoded records of fold_wal since the last fold (None: not all)
+        self.fold_records: list[dict[str, Any]] | None = []
         self.full_since: float | None = None
         self.keys = host.pinned()
         self.timeout_s = self.wait_s + read_timeout_s
@@ -99,17 +128,21 @@ class HostIngest(threading.Thread):
         self.log.info("ingest_started", wal=_hex(self.state.wal),
                       after=self.state.last_seq)
         attempt = 0
-        while not self.stop_event.is_set():
-            try:
-                done = self.cycle()
-            except StoreError as err:  # nothing acked: the batch comes again
-                self.log.warning("store_error", error=str(err))
-                done = None
-            if done is False:
-                return  # untrusted (an operator must act) or lease lost
-            attempt = 0 if done else attempt + 1
-            if not done:
-                self.stop_event.wait(backoff(attempt))
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    done = self.cycle()
+                except StoreError as err:  # not acked: the batch comes again
+                    self.log.warning("store_error", error=str(err))
+                    done = None
+                if done is False:
+                    return  # untrusted (an operator must act) or lease lost
+                attempt = 0 if done else attempt + 1
+                if not done:
+                    self.stop_event.wait(backoff(attempt))
+        finally:
+            with self.busy:
+                self._let_go([])
 
     def halt(self) -> None:
         """Stop pulling: returns once no batch is in hand (one being stored
@@ -176,8 +209,25 @@ class HostIngest(threading.Thread):
         """The usage ledger follows what is stored, in its own
         transaction (what it cannot fold now, the next fold does)."""
         if self.unfolded and self.fold_wal is not None:
-            ledger_book.follow(self.store, self.host.name, self.fold_wal)
+            ledger_book.follow(self.store, self.host.name, self.fold_wal,
+                               self.fold_records)
         self.unfolded = 0
+        self._let_go([])
+
+    def _hold(self, frames: list[StoredFrame]) -> None:
+        """Keeps the batch's decoded records for the next fold, within
+        ``HELD_RECORDS`` (else that fold reads the store)."""
+        if self.fold_wal != self.state.wal:
+            self._let_go([])  # the ledger reads the store for those
+        decoded = [r for f in frames for r in f.decoded]
+        if self.fold_records is not None and HELD.take(len(decoded)):
+            self.fold_records += decoded
+        else:
+            self._let_go(None)
+
+    def _let_go(self, then: list[dict[str, Any]] | None) -> None:
+        HELD.give_back(len(self.fold_records or ()))
+        self.fold_records = then
 
     def _save(self, frames: list[StoredFrame],
               missing: list[tuple[int, int, str]]) -> None:
@@ -194,6 +244,7 @@ class HostIngest(threading.Thread):
         self.host = replace(self.host, wal=self.state.wal)
         self.pending = []
         self.unfolded += sum(len(f.decoded) for f in frames)
+        self._hold(frames)
         self.fold_wal = self.state.wal
         for a, b, reason in missing:
             self.log.warning("missing_recorded", from_seq=a, to_seq=b,

@@ -17,6 +17,7 @@ import io
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import msgpack
@@ -38,35 +39,84 @@ _GEN_COLUMNS = ("host", "uuid", "gen", "start_ns", "end_ns", "state")
 _QUANTITY_COLUMNS = ("host", "uuid", "gen", "start_ns", "meter", "device",
                      "quantity")
 _CHUNK = 200  # rows per multi-row statement
+#: PostgreSQL array types of the ledger's columns for ``unnest`` (else text)
+_PG_ARRAYS = {c: "bigint" for c in ("start_ns", "end_ns", "vcpus", "mem",
+                                    "samples", "interpolated_ns",
+                                    "clock_step_ns")} | {"quantity": "numeric"}
 
 
-def update(store: Any, host: str, wal: bytes) -> int:
-    """Fold what ``host`` stored in ``wal`` since the last update; returns
-    how many records were folded."""
+class _Unnest:
+    """A PostgreSQL transaction's ``q``: ``_upsert`` writes a table in one
+    ``INSERT ... SELECT FROM unnest(...)`` (one parameter per column)."""
+
+    def __init__(self, q: Any) -> None:
+        self.q = q
+
+    def __call__(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        return self.q(sql, args)
+
+
+@contextmanager
+def _writing(store: Any) -> Iterator[Any]:
+    """``store.transaction()`` for the ledger's writes."""
     with store.transaction() as q:
+        yield _Unnest(q) if getattr(store, "name", "") == "postgresql" else q
+
+
+def update(store: Any, host: str, wal: bytes,
+           stored: Sequence[dict[str, Any]] | None = None) -> int:
+    """Fold what ``host`` stored in ``wal`` since the last update; returns
+    how many records were folded.  ``stored``: the decoded records of
+    ``wal`` the caller has just stored, in seq order; folded instead of
+    reading the store again when they are exactly the stored records past
+    the ledger's position (``_as_stored``), else ignored."""
+    with _writing(store) as q:
         state = _host_state(q, host)
         row = q("SELECT seq FROM ledger_pos WHERE host = ? AND wal = ?",
                 (host, wal)).fetchone()
         pos = row[0] if row else 0
-        rows = q("SELECT seq, body FROM records WHERE host = ? AND wal = ? "
-                 "AND seq > ? ORDER BY seq", (host, wal, pos)).fetchall()
-        if not rows:
-            return 0
-        records = list(_decode_rows(rows))
+        records = _as_stored(q, host, wal, pos, stored) if stored else None
+        if records is None:
+            rows = q("SELECT seq, body FROM records WHERE host = ? AND "
+                     "wal = ? AND seq > ? ORDER BY seq",
+                     (host, wal, pos)).fetchall()
+            if not rows:
+                return 0
+            records = list(_decode_rows(rows))
+            last, n = rows[-1][0], len(rows)
+        else:
+            last, n = records[-1]["seq"], len(records)
         keys = _named(state, records)
         fold = Fold(state, _loader(q, host, keys),
                     _owner_cuts(q, {u for u, _ in keys}))
         fold.feed(wal.hex(), records)
         _save(q, host, fold)
         q("INSERT INTO ledger_pos VALUES (?, ?, ?) ON CONFLICT (host, wal) "
-          "DO UPDATE SET seq = excluded.seq", (host, wal, rows[-1][0]))
-        return len(rows)
+          "DO UPDATE SET seq = excluded.seq", (host, wal, last))
+        return n
+
+
+def _as_stored(q: Any, host: str, wal: bytes, pos: int,
+               stored: Sequence[dict[str, Any]]) \
+        -> list[dict[str, Any]] | None:
+    """``stored`` past ``pos`` if they are all the store holds past it:
+    each was stored under its seq (the store keeps one body per seq and
+    refuses other bytes), so the same count and the same last seq mean
+    the same records; None when they do not line up."""
+    mine = [r for r in stored if isinstance(r, dict) and
+            isinstance(r.get("seq"), int) and r["seq"] > pos]
+    seqs = [r["seq"] for r in mine]
+    if not mine or any(a >= b for a, b in zip(seqs, seqs[1:])):
+        return None
+    count, top = q("SELECT count(*), max(seq) FROM records WHERE host = ? "
+                   "AND wal = ? AND seq > ?", (host, wal, pos)).fetchone()
+    return mine if (count, top) == (len(mine), seqs[-1]) else None
 
 
 def retire(store: Any, host: str) -> int:
     """``hosts retire``: the VMs still open on the host are closed at
     their last evidence as ``lost`` (COLLECTOR.md section 3); how many."""
-    with store.transaction() as q:
+    with _writing(store) as q:
         state = _host_state(q, host)
         fold = Fold(state, _loader(q, host, _named(state, [])))
         n = fold.retire()
@@ -162,9 +212,18 @@ def _marks(items: Sequence[Any]) -> str:
 def _upsert(q: Any, table: str, columns: Sequence[str], key: Sequence[str],
             rows: list[tuple[Any, ...]]) -> None:
     """Rows inserted or, where ``key`` exists, updated: multi-row
-    statements of at most ``_CHUNK`` rows."""
+    statements of at most ``_CHUNK`` rows; on PostgreSQL one statement
+    with an array per column."""
     sets = ", ".join(f"{c} = excluded.{c}" for c in columns
                      if c not in key)
+    if isinstance(q, _Unnest):
+        if rows:
+            arrays = ", ".join(f"?::{_PG_ARRAYS.get(c, 'text')}[]"
+                               for c in columns)
+            q(f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM "
+              f"unnest({arrays}) ON CONFLICT ({', '.join(key)}) DO UPDATE "
+              f"SET {sets}", [list(c) for c in zip(*rows)])
+        return
     one = f"({_marks(columns)})"
     for i in range(0, len(rows), _CHUNK):
         part = rows[i:i + _CHUNK]
@@ -297,7 +356,7 @@ def rebuild(store: Any, start_ns: int, end_ns: int, reason: str) \
         -> tuple[list[str], int]:
     """Re-derive every host with evidence in ``[start_ns, end_ns)`` from
     its stored frames; returns (hosts, slices in the range that changed)."""
-    with store.transaction() as q:
+    with _writing(store) as q:
         hosts = [r[0] for r in q(
             "SELECT DISTINCT host FROM records WHERE t >= ? AND t < ? "
             "ORDER BY host", (start_ns, end_ns)).fetchall()]
@@ -356,12 +415,13 @@ def _wals(q: Any, host: str) -> list[bytes]:
         "min(received), wal", (host,)).fetchall()]
 
 
-def follow(store: Any, host: str, wal: bytes) -> None:
+def follow(store: Any, host: str, wal: bytes,
+           stored: Sequence[dict[str, Any]] | None = None) -> None:
     """``update`` after a batch was stored (collector/ingest.py).  The
     evidence is stored either way: a failure is logged and the next batch
     folds what this one could not (``ledger_pos``)."""
     try:
-        update(store, host, wal)
+        update(store, host, wal, stored)
     except Exception as err:  # noqa: BLE001 - the evidence is safe
         get_logger().warning("ledger_update_failed", host=host,
                              error=f"{type(err).__name__}: {err}")
@@ -404,7 +464,7 @@ def import_owners(store: Any, rows: list[OwnerRow]) -> Imported:
     stored needs nothing more: reports look the owner of each slice up."""
     rows = clamp_to_open(rows, open_from_ns(store))
     uuids = sorted({r.vm_uuid for r in rows})
-    with store.transaction() as q:
+    with _writing(store) as q:
         before = _owner_cuts(q, set(uuids))
         old = {u: list(before(u)) for u in uuids}
         for row in rows:

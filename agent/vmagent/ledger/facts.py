@@ -38,31 +38,40 @@ NET_FIELDS = (("net_rx_bytes", "rx_bytes"), ("net_tx_bytes", "tx_bytes"),
 DISK_FIELDS = (("disk_rd_bytes", "rd_bytes"), ("disk_wr_bytes", "wr_bytes"),
                ("disk_rd_ops", "rd_ops"), ("disk_wr_ops", "wr_ops"))
 RSS = ("mem_rss_max_bytes", "")
+IO_FIELDS = ((("io_rd_bytes", ""), "rd_bytes"),
+             (("io_wr_bytes", ""), "wr_bytes"))
 
 
 def counters_of(rec: dict[str, Any]) -> dict[Key, int]:
     """A sample's (or vm_stop's) cumulative counters by meter and device;
     absent fields stay absent."""
-    out: dict[Key, int] = {}
-    cpu = _dict(rec.get("cpu"))
-    if isinstance(cpu.get("total_ns"), int):
-        out[("cpu_ns", "")] = cpu["total_ns"] + _int(cpu.get("vhost_ns"))
-    io = _dict(rec.get("io"))
-    for meter, name in (("io_rd_bytes", "rd_bytes"),
-                        ("io_wr_bytes", "wr_bytes")):
-        if isinstance(io.get(name), int):
-            out[(meter, "")] = io[name]
+    out: dict[Key, int] = {}  # per sample: one lookup per field
+    cpu = rec.get("cpu")
+    if isinstance(cpu, dict):
+        total = cpu.get("total_ns")
+        if isinstance(total, int):
+            out[("cpu_ns", "")] = total + _int(cpu.get("vhost_ns"))
+    io = rec.get("io")
+    if isinstance(io, dict):
+        for key, name in IO_FIELDS:
+            v = io.get(name)
+            if isinstance(v, int):
+                out[key] = v
     for nic in _dicts(rec.get("nics")):
-        dev = str(nic.get("mac") or nic.get("name") or "")
-        for meter, name in NET_FIELDS:
-            if dev and isinstance(nic.get(name), int):
-                out[(meter, dev)] = nic[name]
+        _device(out, str(nic.get("mac") or nic.get("name") or ""), nic,
+                NET_FIELDS)
     for disk in _dicts(rec.get("disks")):
-        dev = str(disk.get("path") or "")
-        for meter, name in DISK_FIELDS:
-            if dev and isinstance(disk.get(name), int):
-                out[(meter, dev)] = disk[name]
+        _device(out, str(disk.get("path") or ""), disk, DISK_FIELDS)
     return out
+
+
+def _device(out: dict[Key, int], dev: str, counters: dict[str, Any],
+            fields: tuple[tuple[str, str], ...]) -> None:
+    if dev:
+        for meter, name in fields:
+            v = counters.get(name)
+            if isinstance(v, int):
+                out[(meter, dev)] = v
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -109,10 +118,16 @@ class GenState:
     def slice_start(self, t: int, extra: Sequence[int] = ()) -> int:
         """The start of the slice holding instant ``t``; ``extra``: more
         cuts (owner changes)."""
-        cuts = [self.start_ns, t // BASE_NS * BASE_NS]
-        cuts += [c[0] for c in self.configs[1:] if c[0] <= t]
-        cuts += [c for c in extra if c <= t]
-        return max(c for c in cuts if c <= t)
+        best = t // BASE_NS * BASE_NS  # the latest cut at or before t
+        if best < self.start_ns <= t:
+            best = self.start_ns
+        for c in self.configs[1:] if len(self.configs) > 1 else ():
+            if best < c[0] <= t:
+                best = c[0]
+        for cut in extra:
+            if best < cut <= t:
+                best = cut
+        return best
 
     def to_json(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -164,6 +179,7 @@ class Fold:
         self._owner_cuts = owner_cuts or (lambda _uuid: ())
         self.gens: dict[tuple[str, str], GenState] = {}
         self.slices: dict[SliceId, SliceAcc] = {}
+        self._open = {(u, g) for u, g in host.open}  # host.open, as a set
         self._wal = ""
         self._seq = 0
 
@@ -180,14 +196,14 @@ class Fold:
             return
         if self.host.first_t is None:
             self.host.first_t = t
-        if kind in ("agent_start", "gap"):
+        if kind == "sample":  # the common case first
+            self._sample(t, rec)
+        elif kind in ("agent_start", "gap"):
             self.host.outages.append(t)
         elif kind == "coalesced":
             for s in _dicts(rec.get("samples")):
                 if isinstance(s, dict) and isinstance(s.get("t"), int):
                     self._sample(s["t"], s)
-        elif kind == "sample":
-            self._sample(t, rec)
         elif kind == "vm_start":
             self._vm_start(t, rec)
         elif kind == "vm_config":
@@ -204,20 +220,25 @@ class Fold:
     # --- gens ---------------------------------------------------------
 
     def _gen(self, vm: Any, t: int,
-             config: tuple[int | None, int | None] | None = None) \
-            -> GenState | None:
+             config: tuple[int | None, int | None] | None = None,
+             sample: dict[str, Any] | None = None) -> GenState | None:
+        """The gen ``vm`` names, loaded or new (its configuration:
+        ``config``, else the one ``sample`` shows)."""
         if not isinstance(vm, dict) or not vm.get("uuid") or \
                 not vm.get("gen"):
             return None
         key = (str(vm["uuid"]), str(vm["gen"]))
         g = self.gens.get(key) or self._load(*key)
         if g is None:
+            if config is None and sample is not None:
+                config = _config_of(sample)
             g = self._new_gen(key, vm, t, config)
         self.gens[key] = g
         if g.lost and not g.ended:
             g.lost = False  # seen again: it was not lost
-        if not g.ended and list(key) not in self.host.open:
+        if not g.ended and key not in self._open:
             self.host.open.append(list(key))
+            self._open.add(key)
         return g
 
     def _new_gen(self, key: tuple[str, str], vm: dict[str, Any], t: int,
@@ -251,21 +272,34 @@ class Fold:
         configuration changes and its VM's owner changes."""
         return [c[0] for c in g.configs[1:]] + list(self._owner_cuts(g.uuid))
 
-    def _advance(self, g: GenState, t: int) -> None:
-        """Running time up to ``t`` (the gen's newest evidence)."""
+    def _advance(self, g: GenState, t: int) -> tuple[int, SliceAcc] | None:
+        """Running time up to ``t`` (the gen's newest evidence); the
+        holder of a reading at ``t`` (``_holder_at``) if it looked it up."""
         if t <= g.end_ns:
-            return
+            return None
+        start, s = held = self._holder_at(g, t)
+        if start <= g.end_ns:  # no cut inside: one piece, in t's slice
+            s.vcpus, s.mem = g.config_at(g.end_ns)
+            self._run(s, g.end_ns, t)
+            g.end_ns = t
+            return held
         for a, b in pieces(g.end_ns, t, self._cuts(g)):
             s = self._slice(g, a)
             s.vcpus, s.mem = g.config_at(a)  # a first config comes late
-            s.end_ns = max(s.end_ns, b)
-            run = b - a
-            _add(s, ("running_ns", ""), run)
-            if s.vcpus is not None:
-                _add(s, ("vcpu_ns", ""), s.vcpus * run)
-            if s.mem is not None:
-                _add(s, ("mem_alloc_byte_ns", ""), s.mem * run)
+            self._run(s, a, b)
         g.end_ns = t
+        return held
+
+    @staticmethod
+    def _run(s: SliceAcc, a: int, b: int) -> None:
+        """Running time ``[a, b)`` in slice ``s``."""
+        s.end_ns = max(s.end_ns, b)
+        run = b - a
+        _add(s, ("running_ns", ""), run)
+        if s.vcpus is not None:
+            _add(s, ("vcpu_ns", ""), s.vcpus * run)
+        if s.mem is not None:
+            _add(s, ("mem_alloc_byte_ns", ""), s.mem * run)
 
     def _slice(self, g: GenState, t: int) -> SliceAcc:
         start = g.slice_start(t, self._owner_cuts(g.uuid))
@@ -280,10 +314,22 @@ class Fold:
         """The slice a reading at ``t`` belongs to."""
         return self._slice(g, t - 1 if t > g.start_ns else g.start_ns)
 
+    def _holder_at(self, g: GenState, t: int) -> tuple[int, SliceAcc]:
+        """``_holder`` and its start: no cut lies in ``(start, t)``."""
+        at = t - 1 if t > g.start_ns else g.start_ns
+        start = g.slice_start(at, self._owner_cuts(g.uuid))
+        s = self.slices.get((g.uuid, g.gen, start))
+        return start, s if s is not None else self._slice(g, at)
+
     def _touch(self, s: SliceAcc) -> None:
-        lo_hi = s.seqs.setdefault(self._wal, [self._seq, self._seq])
-        lo_hi[0], lo_hi[1] = min(lo_hi[0], self._seq), max(lo_hi[1],
-                                                           self._seq)
+        seq = self._seq
+        lo_hi = s.seqs.get(self._wal)
+        if lo_hi is None:
+            s.seqs[self._wal] = [seq, seq]
+        elif seq < lo_hi[0]:
+            lo_hi[0] = seq
+        elif seq > lo_hi[1]:
+            lo_hi[1] = seq
 
     # --- records ------------------------------------------------------
 
@@ -313,7 +359,7 @@ class Fold:
         self._touch(self._holder(g, t))
 
     def _sample(self, t: int, rec: dict[str, Any]) -> None:
-        g = self._gen(rec.get("vm"), t, _config_of(rec))
+        g = self._gen(rec.get("vm"), t, sample=rec)
         if g is None or g.ended:
             return
         self._reading(g, t, rec, sample=True)
@@ -322,14 +368,26 @@ class Fold:
                  sample: bool) -> None:
         if g.configs[0][1:] == [None, None] and sample:
             g.configs[0][1:] = list(_config_of(rec))
-        self._advance(g, t)
-        t = max(t, g.last_t or g.start_ns)
+        held = self._advance(g, t)
+        floor = g.last_t or g.start_ns  # never before the last reading
+        if floor > t:
+            t, held = floor, None
         if g.last_t is not None and any(
                 g.last_t < o < t for o in self.host.outages):
             self._interpolated(g, g.last_t, t)
+        start, holder = held or self._holder_at(g, t)
+        last, quantities, inside = g.last, holder.quantities, False
         for key, v in sorted(counters_of(rec).items()):
-            self._delta(g, key, t, v)
-        holder = self._holder(g, t)
+            prev = last.get(key)
+            if prev is not None and prev[0] != -1 and start <= prev[0] < t:
+                # the common case: the delta lies inside the holder slice
+                quantities[key] = quantities.get(key, 0) + v - prev[1]
+                prev[0], prev[1] = t, v
+                inside = True
+            else:
+                self._delta(g, key, t, v)
+        if inside and holder.end_ns < t:
+            holder.end_ns = t
         rss = _dict(rec.get("mem")).get("rss_bytes")
         if isinstance(rss, int):
             holder.quantities[RSS] = max(holder.quantities.get(RSS, rss),
@@ -457,6 +515,8 @@ class Fold:
     def _close(self, g: GenState) -> None:
         if [g.uuid, g.gen] in self.host.open:
             self.host.open.remove([g.uuid, g.gen])
+            if [g.uuid, g.gen] not in self.host.open:
+                self._open.discard((g.uuid, g.gen))
 
 
 def _add(s: SliceAcc, key: Key, value: int) -> None:
