@@ -3,7 +3,8 @@
 Discovery examines only processes it has not seen before: a process holding
 an ``anon_inode:kvm-vm`` fd is a KVM VM (QEMU, Firecracker, cloud-hypervisor),
 a ``qemu-system-*`` process without one is software emulation.  Each VM's
-files are then opened once in C and re-read with pread on every sweep; the
+files are then opened once in C and re-read with pread on every sweep (and
+reopened only when a rescan finds the VM's signature moved); the
 taps' counters come from one ``/proc/net/dev`` read per sweep for all VMs.
 KVM counters come from the VMM's binary stats files where it keeps them
 open (copied once, pread each sweep), else from debugfs once per open.
@@ -76,6 +77,9 @@ class _Metered:
     kvm_names: tuple[str, ...] = ()  # the reading's u64 items
     stats_files: list[kvmstats.StatsFile] = field(default_factory=list)
     debugfs_due: bool = True  # read debugfs in the next sample only
+    # what the layout was read from (_signature); None: look again at
+    # the next rescan whatever it shows
+    signature: _Signature | None = None
 
     def close(self) -> None:
         if self.handle is not None:
@@ -150,6 +154,20 @@ class _LastPid:
             self._fd = None
 
 
+#: A VM's fds (number, target, and (dev, ino) where it may be a disk), its
+#: thread ids and its command line: what its layout is read from.
+_Signature = tuple[tuple[tuple[int, str, tuple[int, int] | None], ...],
+                   tuple[int, ...], bytes]
+
+
+@dataclass
+class _Layout:
+    """A VM as found, with the signature its layout was read from."""
+
+    vm: VM
+    signature: _Signature
+
+
 class _Defer(Exception):
     """The process is not ready to be examined; look again next time."""
 
@@ -190,15 +208,14 @@ class Prober(ProberBase["_Metered"]):
                 self._deferred.add(pid)
                 continue
             self._seen.add(pid)
-            if isinstance(found, VM):
-                self._start_metering(found)
-                new.append(found)
+            if isinstance(found, _Layout):
+                self._start_metering(found.vm, found.signature)
+                new.append(found.vm)
             elif isinstance(found, tuple):
                 vhosts.append(found)
         self._attach_vhosts(vhosts)
         if rescan:
-            for m in self._metered.values():  # hotplug leaves no error
-                m.stale = True
+            self._compare_signatures()  # hotplug leaves no error
         self._refresh_stale()
         return new
 
@@ -248,7 +265,7 @@ class Prober(ProberBase["_Metered"]):
                 self._metered[pid].stale = True  # sample() reports it gone
         return sorted(pids - self._seen)
 
-    def _examine(self, pid: int) -> VM | tuple[int, int] | None:
+    def _examine(self, pid: int) -> _Layout | tuple[int, int] | None:
         """A VM, a (vhost kthread, owner) pair, or None for anything else."""
         pdir = f"{self.procfs}/{pid}"
         stat = _read_stat(pdir)
@@ -262,7 +279,8 @@ class Prober(ProberBase["_Metered"]):
         links = _fd_links(pdir)
         vm_fd = next((fd for fd, link in links.items()
                       if link == "anon_inode:kvm-vm"), None)
-        argv = procfs.split_cmdline(_read(f"{pdir}/cmdline") or b"")
+        cmdline = _read(f"{pdir}/cmdline") or b""
+        argv = procfs.split_cmdline(cmdline)
         exe = os.path.basename(_readlink(f"{pdir}/exe") or "")
         if vm_fd is None and not exe.startswith("qemu-system-"):
             return None
@@ -270,12 +288,15 @@ class Prober(ProberBase["_Metered"]):
         if vm_fd is None and qemu.wants_kvm and \
                 self._age_s(stat.starttime) < STARTUP_GRACE_S:
             raise _Defer
-        return self._layout(pid, stat, links, vm_fd, argv, qemu)
+        return self._layout(pid, stat, links, vm_fd, cmdline, qemu)
 
     def _layout(self, pid: int, stat: procfs.Stat, links: dict[int, str],
-                vm_fd: int | None, argv: list[str],
-                qemu: argv_mod.QemuArgs) -> VM:
+                vm_fd: int | None, cmdline: bytes,
+                qemu: argv_mod.QemuArgs) -> _Layout:
         pdir = f"{self.procfs}/{pid}"
+        tids = _listdir_ints(f"{pdir}/task")
+        signature = _signature(pdir, links, cmdline, tids)
+        argv = procfs.split_cmdline(cmdline)
         name = qemu.name or argv_mod.firecracker_id(argv) or \
             f"{stat.comm}-{pid}"
         name = procfs.display_text(name)
@@ -285,10 +306,11 @@ class Prober(ProberBase["_Metered"]):
             gen=f"{self.boot_id}-{pid}-{stat.starttime}",
             hypervisor="kvm" if vm_fd is not None else "qemu",
         )
-        threads, complete = self._vcpu_threads(pdir, pid, vm_fd, qemu.vcpus)
+        threads, complete = self._vcpu_threads(pdir, tids, pid, vm_fd,
+                                               qemu.vcpus)
         if not complete and self._age_s(stat.starttime) > LAYOUT_GRACE_S:
             complete = True  # accept what there is rather than look forever
-        return VM(
+        return _Layout(VM(
             ref=ref, pid=pid, start_mark=stat.starttime,
             start_ns=self._boot_ns + stat.starttime * NS_PER_TICK,
             comm=stat.comm, uid=_real_uid(pdir),
@@ -299,14 +321,14 @@ class Prober(ProberBase["_Metered"]):
             kvm_stats=self._kvm_stats(pid, vm_fd),
             kvm_stats_fds=kvmstats.fds_to_copy(links),
             complete=complete,
-        )
+        ), signature)
 
-    def _vcpu_threads(self, pdir: str, pid: int, vm_fd: int | None,
-                      configured: int | None,
+    def _vcpu_threads(self, pdir: str, tids: list[int], pid: int,
+                      vm_fd: int | None, configured: int | None,
                       ) -> tuple[tuple[VcpuThread, ...], bool]:
         found: list[VcpuThread] = []
         single_tcg = False
-        for tid in _listdir_ints(f"{pdir}/task"):
+        for tid in tids:
             comm = (_read(f"{pdir}/task/{tid}/comm") or b"").decode(
                 "utf-8", "replace").strip()
             single_tcg |= comm == "ALL CPUs/TCG"  # one thread for all vCPUs
@@ -390,6 +412,22 @@ class Prober(ProberBase["_Metered"]):
                 m.vm = replace(m.vm, vhost_pids=(*m.vm.vhost_pids, kpid))
                 m.stale = True
 
+    def _compare_signatures(self) -> None:
+        """The rescan: a VM whose signature moved is looked at again (its
+        layout re-read, its files reopened); the others only read their
+        debugfs counters once more."""
+        for pid, m in self._metered.items():
+            if m.stale:
+                continue
+            pdir = f"{self.procfs}/{pid}"
+            now = _signature(pdir, _fd_links(pdir),
+                             _read(f"{pdir}/cmdline") or b"",
+                             _listdir_ints(f"{pdir}/task"))
+            if now != m.signature:
+                m.stale = True
+            else:
+                m.debugfs_due = True
+
     def _refresh_stale(self) -> None:
         """Re-read the layout (threads, taps, disks) of VMs that changed."""
         for pid, m in list(self._metered.items()):
@@ -402,20 +440,24 @@ class Prober(ProberBase["_Metered"]):
             links = _fd_links(pdir)
             vm_fd = next((fd for fd, link in links.items()
                           if link == "anon_inode:kvm-vm"), None)
-            argv = procfs.split_cmdline(_read(f"{pdir}/cmdline") or b"")
-            fresh = self._layout(pid, stat, links, vm_fd, argv,
-                                 argv_mod.parse_qemu_argv(argv))
+            cmdline = _read(f"{pdir}/cmdline") or b""
+            found = self._layout(
+                pid, stat, links, vm_fd, cmdline,
+                argv_mod.parse_qemu_argv(procfs.split_cmdline(cmdline)))
             vhost = tuple(k for k in m.vm.vhost_pids
                           if _read_stat(f"{self.procfs}/{k}") is not None)
             m.close()
-            fresh = replace(fresh, ref=m.vm.ref, vhost_pids=vhost)
+            fresh = replace(found.vm, ref=m.vm.ref, vhost_pids=vhost)
             if config_of(fresh) != config_of(m.vm):
                 self._changes.append((m.vm, fresh))
-            self._start_metering(fresh)
+            # new threads may not have their names yet: look once more
+            again = m.signature is not None and \
+                m.signature[1] != found.signature[1]
+            self._start_metering(fresh, None if again else found.signature)
 
     # --- sampling ---------------------------------------------------------
 
-    def _start_metering(self, vm: VM) -> None:
+    def _start_metering(self, vm: VM, signature: _Signature | None) -> None:
         """Open the VM's files in C and allocate its reading struct."""
         keep: list[Any] = []
 
@@ -458,7 +500,8 @@ class Prober(ProberBase["_Metered"]):
         reading.threads, reading.disks, reading.u64s = arrays
         self._metered[vm.pid] = _Metered(vm, handle, reading, arrays,
                                          kvm_names=kvm_names,
-                                         stats_files=files)
+                                         stats_files=files,
+                                         signature=signature)
 
     def _copy_stats_files(self, vm: VM) -> list[kvmstats.StatsFile]:
         """The VMM's KVM stats files, copied (all or none: a vCPU's file
@@ -657,6 +700,24 @@ def _fd_links(pdir: str) -> dict[int, str]:
         if link is not None:
             links[fd] = link
     return links
+
+
+def _signature(pdir: str, links: dict[int, str], cmdline: bytes,
+               tids: list[int]) -> _Signature:
+    """What a VM's layout is read from, cheaply: one readlink per fd, a
+    stat of each fd that may be a disk (a path reopened is another file),
+    the thread ids and the command line."""
+    fds = []
+    for fd, link in sorted(links.items()):
+        ident = None
+        if link.startswith("/") and not _never_a_disk(link):
+            try:
+                st = os.stat(f"{pdir}/fd/{fd}")
+                ident = (st.st_dev, st.st_ino)
+            except OSError:
+                pass
+        fds.append((fd, link, ident))
+    return tuple(fds), tuple(tids), cmdline
 
 
 def _never_a_disk(link: str) -> bool:
