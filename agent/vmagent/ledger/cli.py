@@ -78,8 +78,19 @@ def _register_owners_and_exports(sub: Any) -> None:
 def _cmd(sub: Any, name: str, text: str, func: Any) -> Any:
     sp = with_config(sub.add_parser(name, help=text, description=text),
                      config_mod.DEFAULT_PATH)
-    sp.set_defaults(func=func)
+    sp.set_defaults(func=_usage_errors(func))
     return sp
+
+
+def _usage_errors(func: Any) -> Any:
+    """A bad time, zone, period or range (ReportError, PeriodError) that
+    escapes a command is a usage error: one line, exit 2."""
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(func(args))
+        except (report.ReportError, PeriodError) as err:
+            return _usage_error(err)
+    return run
 
 
 def _range(sp: Any, required: bool) -> None:
@@ -100,6 +111,13 @@ def _times(args: argparse.Namespace) -> tuple[int | None, int | None]:
     e = report.parse_time(args.end, args.tz) if args.end else None
     if s is not None and e is not None and e <= s:
         raise report.ReportError("the end must be after the start")
+    return s, e
+
+
+def _span(args: argparse.Namespace) -> tuple[int, int]:
+    """``-s`` and ``-e`` where a command requires both."""
+    s, e = _times(args)
+    assert s is not None and e is not None  # required by argparse
     return s, e
 
 
@@ -128,11 +146,7 @@ def _print(rows: list[dict[str, Any]], args: argparse.Namespace,
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
-    try:
-        s, e = _times(args)
-    except (report.ReportError, PeriodError) as err:
-        return _usage_error(err)
-    assert s is not None and e is not None
+    s, e = _span(args)
     store = _store(args)
     try:
         rows = _records(store, s, e, args, args.vm, args.host, args.account)
@@ -156,10 +170,7 @@ def _records(store: Any, s: int, e: int, args: argparse.Namespace,
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    try:
-        s, e = _times(args)
-    except (report.ReportError, PeriodError) as err:
-        return _usage_error(err)
+    s, e = _times(args)
     store = _store(args)
     try:
         rows = report.history(store, s, e, args.vm)
@@ -170,13 +181,9 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
-    try:
-        s, e = _times(args)
-    except (report.ReportError, PeriodError) as err:
-        return _usage_error(err)
+    s, e = _span(args)
     if not args.reason.strip():
         return _usage_error(ValueError("--reason must not be empty"))
-    assert s is not None and e is not None
     store = _store(args)
     try:
         hosts, changed = book.rebuild(store, s, e, args.reason)
@@ -207,13 +214,10 @@ def cmd_owners_import(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    try:
-        s, e = _times(args)
-        if args.json and args.format != "cloudstack":
-            raise report.ReportError("--json is for the cloudstack export")
-    except (report.ReportError, PeriodError) as err:
-        return _usage_error(err)
-    assert s is not None and e is not None
+    s, e = _span(args)
+    if args.json and args.format != "cloudstack":
+        return _usage_error(ValueError("--json is for the cloudstack "
+                                       "export"))
     store = _store(args)
     try:
         records = _records(store, s, e, args)
@@ -333,11 +337,7 @@ def cmd_evidence(args: argparse.Namespace) -> int:
     if missing:
         return _usage_error(ValueError(f"evidence needs {', '.join(missing)}"
                                        " (or --verify FILE)"))
-    try:
-        s, e = _times(args)
-    except (report.ReportError, PeriodError) as err:
-        return _usage_error(err)
-    assert s is not None and e is not None
+    s, e = _span(args)
     store = _store(args)
     try:
         m = evidence.write(store, Path(args.output), args.vm, s, e,
