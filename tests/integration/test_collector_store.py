@@ -152,6 +152,45 @@ def test_leases_fair_share_expiry_release_and_fencing(opened):
     assert a.claim("A", 1.0).held == ["h1"]
 
 
+@pytest.mark.postgresql
+def test_an_instance_stalled_in_a_transaction_does_not_block_its_peers(
+        pg_url, tmp_path):
+    """What a SIGSTOP in the middle of a fold did to a fleet: the stalled
+    instance held a ledger row lock, and the peer that took its hosts
+    waited on it for as long as the stall lasted.  With ``bound_waits``
+    the server ends the stalled session after a lease period, and the
+    peer's wait for the lock gives up after half of one."""
+    lease = 1.0
+    stalled, peer = open_store(tmp_path, pg_url), open_store(tmp_path, pg_url)
+    try:
+        stalled.bound_waits(lease)
+        peer.bound_waits(lease)
+        lock = "SELECT host FROM ledger_hosts WHERE host = 'hv' FOR UPDATE"
+        with peer.transaction() as q:
+            q("INSERT INTO ledger_hosts (host, state) VALUES ('hv', '{}')")
+        took: list[float] = []
+        waits: list[str] = []
+        # its session is gone when it wakes: the commit fails
+        with pytest.raises(StoreError), stalled.transaction() as q:
+            q(lock)
+            began = time.monotonic()
+            while time.monotonic() - began < 6 * lease and not took:
+                try:
+                    with peer.transaction() as p:
+                        p(lock)
+                    took.append(time.monotonic() - began)
+                except StoreError as err:  # lock_timeout: retried
+                    waits.append(str(err))
+        assert took and took[0] < 4 * lease, (took, waits)
+        assert all("lock timeout" in w for w in waits), waits
+        with stalled.transaction() as q:  # reconnects, limits kept
+            assert q("SHOW idle_in_transaction_session_timeout"
+                     ).fetchone()[0] == "1s"
+    finally:
+        stalled.close()
+        peer.close()
+
+
 def test_unreachable_store_is_one_line_naming_it(tmp_path):
     from integration.agent_process import free_port
     pytest.importorskip("psycopg")

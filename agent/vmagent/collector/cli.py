@@ -177,6 +177,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     creds = _read_credentials(cfg)
     key = HostKey.load_or_create(cfg.state_dir)
     store = open_store(cfg.state_dir, cfg.store)
+    store.bound_waits(cfg.lease_s)
     store.put_instance_key(cfg.instance_name, key.public, key.key_id.hex())
     _put_hosts(store, cfg, creds)
     stop, reload = threading.Event(), threading.Event()

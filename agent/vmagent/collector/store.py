@@ -192,6 +192,11 @@ class Store:
         """host -> (owner, expires) for every lease row."""
         raise NotImplementedError
 
+    def bound_waits(self, lease_s: float) -> None:
+        """From now on, no transaction of this store waits on, or holds
+        locks for, a stalled peer for long (``vmcollector run`` in a
+        fleet).  A no-op where one process owns the store."""
+
     def close(self) -> None:
         raise NotImplementedError
 
@@ -653,6 +658,7 @@ class PostgresStore(SqlStore):
         self.url, self.timeout = url, timeout
         self._lock = threading.Lock()
         self._db: Any = None
+        self._settings: dict[str, str] = {}
         with self._lock:
             self._connect()
 
@@ -666,10 +672,38 @@ class PostgresStore(SqlStore):
             self._db = self._psycopg.connect(
                 self.url, autocommit=True,
                 connect_timeout=max(1, int(self.timeout)))
+            for name, value in self._settings.items():
+                self._db.execute(f"SET {name} = '{value}'")
         except self._psycopg.Error as err:
+            if self._db is not None:
+                with suppress(self._psycopg.Error):
+                    self._db.close()
             self._db = None
             raise StoreError(f"{self.describe()}: {_one_line(err)}") from None
         return self._db
+
+    def bound_waits(self, lease_s: float) -> None:
+        """Server-side limits on this instance's session, so that an
+        instance stalled inside a transaction (SIGSTOP, swapped out) holds
+        no row lock its peers need for longer than its leases last:
+        PostgreSQL ends a session idle in a transaction for a lease period
+        (what it held is rolled back; it reconnects when it wakes and finds
+        its leases gone); a statement waiting for a lock gives up after
+        half a lease (a fold is retried with the next batch, the evidence
+        stays stored, and the instance's lease renewals are not held up);
+        no statement runs past four leases or a minute (a stall in the
+        middle of a COPY)."""
+        ms = max(1000, int(lease_s * 1000))
+        self._settings = {
+            "idle_in_transaction_session_timeout": f"{ms}ms",
+            "lock_timeout": f"{ms // 2}ms",
+            "statement_timeout": f"{max(4 * ms, 60_000)}ms"}
+        with self._lock:
+            if self._db is not None:
+                with suppress(self._psycopg.Error):
+                    self._db.close()
+                self._db = None
+            self._connect()
 
     @contextmanager
     def _tx(self) -> Iterator[Any]:
