@@ -131,6 +131,62 @@ def test_a_reconciliation_failure_blocks_the_close_and_says_why(ev, key):
     assert close.state_of(ev.store, HOUR, LATER)["state"] == "closable"
 
 
+def with_disk(rec, rd):
+    rec["disks"] = [{"path": "/var/vm/web.img", "rd_bytes": rd}]
+    return rec
+
+
+def every_kind_of_baseline(ev):
+    """g0 began before the agent (baselines: first readings), its disk a
+    block device, its tap made anew at 10:20 (rx 9,000 -> 300); g1 then
+    carries the tap (rx 800 -> 1,000)."""
+    early = T0 - 2 * H
+    ev.batch({"kind": "agent_start", "t": T0 - S},
+             with_disk(sample(T0, "g0", cpu=7 * S, rx=5_000,
+                              started=early), 100),
+             with_disk(sample(T0 + 10 * M, "g0", cpu=8 * S, rx=9_000,
+                              started=early), 400),
+             with_disk(sample(T0 + 20 * M, "g0", cpu=9 * S, rx=300,
+                              started=early), 450),
+             {"kind": "vm_stop", "t": T0 + 25 * M,
+              "vm": {"uuid": ev_uuid(), "gen": "g0", "name": "web",
+                     "started_ns": early},
+              "exit": {"source": "pidfd", "at_ns": T0 + 25 * M},
+              "nics": [{"name": "tap0", "mac": "52:54:00:00:00:01",
+                        "rx_bytes": 800}]},
+             start(T0 + 30 * M, "g1"),
+             sample(T0 + 40 * M, "g1", cpu=S, rx=1_000))
+    ev.batch(inventory(T0 + 65 * M, "g1"))
+
+
+def ev_uuid():
+    return sample(0)["vm"]["uuid"]
+
+
+def test_a_counter_made_anew_within_a_gen_counts_again_from_zero(ev):
+    every_kind_of_baseline(ev)
+    recs = ev.usage("2026-11-30T10:00:00Z", "2026-11-30T11:00:00Z", "hour")
+    rx = {r["gen"]: int(r["quantity"]) for r in recs
+          if r["meter"] == "net_rx_bytes"}
+    # g0: 5,000 -> 9,000 (+4,000), made anew: 300 (from 0), then 800
+    # (+500); g1 carries 800: 1,000 - 800
+    assert rx == {"g0": 4_000 + 300 + 500, "g1": 200}
+    assert all(int(r["quantity"]) >= 0 for r in recs)
+
+
+def test_every_counter_is_reconciled_whatever_its_baseline(ev):
+    every_kind_of_baseline(ev)
+    rec = close.reconcile(ev.store, HOUR)
+    # g0: cpu, rx, disk; g1: cpu, rx
+    assert (rec.failures, rec.checked, rec.skipped) == ([], 5, 0)
+    with ev.store.transaction() as q:  # one disk slice altered
+        q("UPDATE ledger_quantities SET quantity = '1' WHERE meter = "
+          "'disk_rd_bytes' AND start_ns = ?", (T0 + 15 * M,))
+    [failure] = close.reconcile(ev.store, HOUR).failures
+    assert "disk_rd_bytes /var/vm/web.img: slices sum to" in failure
+    assert failure.endswith("last reading minus baseline is 350")
+
+
 def test_cpu_above_vcpus_times_running_time_is_flagged_not_blocking(ev,
                                                                      key):
     ev.batch({"kind": "agent_start", "t": T0 - S}, start(T0, vcpus=1),

@@ -24,7 +24,6 @@ from vmagent.errors import VmagentError
 from vmagent.keys import HostKey
 from vmagent.ledger import book, certificate, report
 from vmagent.ledger.exact import parse_rfc3339_ns
-from vmagent.ledger.facts import PROCESS_METERS
 from vmagent.ledger.periods import NS, Period, period_of, zone
 from vmagent.ledger.records import rfc3339
 from vmagent.log import get_logger
@@ -86,7 +85,7 @@ class Reconciliation:
     failures: list[str] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)  # cpu above vCPUs x time
     checked: int = 0  # gen counters whose sum was checked
-    skipped: int = 0  # baselines not known to the ledger (first readings)
+    skipped: int = 0  # counters never read, or folded before bases were kept
 
 
 # --- closability ----------------------------------------------------------
@@ -156,10 +155,10 @@ def state_of(store: Any, p: Period,
 
 def reconcile(store: Any, p: Period) -> Reconciliation:
     """Per gen with slices in the period and counter: the sum of its
-    slices equals its last reading minus its baseline (where the ledger
-    knows the baseline: 0 for counters that start with the process);
-    ``running_ns`` never exceeds a slice's length.  ``cpu_ns`` above vCPUs
-    x running time is flagged."""
+    slices equals its last reading minus its baseline (whichever rule gave
+    it, less the readings a restart of the counter dropped: facts.py
+    ``GenState.base``); ``running_ns`` never exceeds a slice's length.
+    ``cpu_ns`` above vCPUs x running time is flagged."""
     r = Reconciliation()
     parts = book.slices(store, p.start_ns, p.end_ns)
     for s in parts:
@@ -188,25 +187,21 @@ def _reconcile_gen(store: Any, key: tuple[str, str, str], g: Any,
     with store.transaction() as q:
         rows = q("SELECT meter, device, quantity FROM ledger_quantities "
                  "WHERE host = ? AND uuid = ? AND gen = ?", key).fetchall()
-        # a tap an earlier gen of the VM reported starts from its reading
-        carried = q("SELECT 1 FROM ledger_gens WHERE host = ? AND uuid = ? "
-                    "AND gen != ? AND start_ns <= ?",
-                    (*key, g.start_ns)).fetchone() is not None
     sums: dict[tuple[str, str], int] = {}
     for meter, dev, v in rows:
         sums[(meter, dev)] = sums.get((meter, dev), 0) + int(v)
     for (meter, dev), (t, last) in sorted(g.last.items()):
-        zero = g.fresh and (meter in PROCESS_METERS or (
-            meter.startswith("net_") and not carried))
-        if t == -1 or not zero:
+        base = g.base.get((meter, dev))
+        if t == -1 or base is None:  # never read; or folded before bases
             r.skipped += 1
             continue
         r.checked += 1
         got = sums.get((meter, dev), 0)
-        if got != last:
+        if got != last - base:
             r.failures.append(
                 f"{' '.join(key)} {meter}{' ' + dev if dev else ''}: slices "
-                f"sum to {got}, last reading minus baseline is {last}")
+                f"sum to {got}, last reading minus baseline is "
+                f"{last - base}")
 
 
 # --- closing --------------------------------------------------------------

@@ -100,6 +100,9 @@ class GenState:
     fresh: bool  # started at or after the host's first evidence
     configs: list[list[Any]] = field(default_factory=list)  # [t, vcpus, mem]
     last: dict[Key, list[int]] = field(default_factory=dict)  # key: [t, v]
+    # per counter, its last reading minus what its slices hold: the
+    # baseline, less the readings a restart dropped (close.py reconciles)
+    base: dict[Key, int] = field(default_factory=dict)
     last_t: int | None = None  # the newest reading's t
     ended: bool = False
     end_reason: str | None = None
@@ -133,12 +136,15 @@ class GenState:
         d = dict(self.__dict__)
         d["last"] = [[m, dev, t, v] for (m, dev), (t, v) in
                      sorted(self.last.items())]
+        d["base"] = [[m, dev, v] for (m, dev), v in sorted(self.base.items())]
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> GenState:
         d = dict(d)
         d["last"] = {(m, dev): [t, v] for m, dev, t, v in d["last"]}
+        # a state written before bases were kept: its counters unknown
+        d["base"] = {(m, dev): v for m, dev, v in d.get("base", ())}
         return cls(**d)
 
 
@@ -379,7 +385,8 @@ class Fold:
         last, quantities, inside = g.last, holder.quantities, False
         for key, v in sorted(counters_of(rec).items()):
             prev = last.get(key)
-            if prev is not None and prev[0] != -1 and start <= prev[0] < t:
+            if prev is not None and prev[0] != -1 and \
+                    start <= prev[0] < t and v >= prev[1]:
                 # the common case: the delta lies inside the holder slice
                 quantities[key] = quantities.get(key, 0) + v - prev[1]
                 prev[0], prev[1] = t, v
@@ -407,10 +414,15 @@ class Fold:
                               key[0].startswith("net_")):
                 base = 0
             else:  # block devices; gens older than the host's evidence
-                g.last[key] = [t, v]
+                g.last[key], g.base[key] = [t, v], v
                 return
+            g.base[key] = base
             prev = [g.start_ns, base]
         t0, v0 = prev
+        if v < v0:  # restarted (a tap or disk made anew): counts from 0
+            if key in g.base:
+                g.base[key] -= v0
+            v0 = 0
         g.last[key] = [t, v]
         if t <= t0:
             _add(self._holder(g, t), key, v - v0)

@@ -78,7 +78,8 @@ def _config_at(configs: tuple[Config, ...], t: int) -> Config:
 def _add_counters(g: GenFacts, out: list[Slice]) -> None:
     """Each delta between consecutive readings of a counter, split by
     time; from the gen's start at 0 when its counters began with it, else
-    from the first reading."""
+    from the first reading.  A reading lower than the one before is a
+    counter made anew (a tap or disk re-created): it counts from 0."""
     parts = [(s.start_ns, s.end_ns) for s in out]
     keys = sorted({k for r in g.readings for k in r.counters})
     for key in keys:
@@ -87,7 +88,8 @@ def _add_counters(g: GenFacts, out: list[Slice]) -> None:
         if g.baseline_zero:
             points.insert(0, (g.start_ns, 0))
         for (t0, v0), (t1, v1) in zip(points, points[1:]):
-            for s, share in zip(out, split(v1 - v0, t0, t1, parts)):
+            delta = v1 - v0 if v1 >= v0 else v1  # lower: counts anew from 0
+            for s, share in zip(out, split(delta, t0, t1, parts)):
                 if share or overlap(t0, t1, s.start_ns, s.end_ns):
                     s.quantities[key] = s.quantities.get(key, 0) + share
 
