@@ -8,8 +8,10 @@ agent's commit to the store's at a 1 s pull interval.
    (``HostIngest.cycle``: long-poll, verify, one transaction per batch,
    commit, ack) in this process, one host, until the backlog is stored.
    Where the time goes is measured by timing the functions each phase
-   calls: the pull (HTTP and the batch's msgpack), the frame hash, the
-   Ed25519 signature, the records' decoding, splitting the frame's
+   calls: the pull (HTTP and the batch's msgpack; only the wait for it
+   when it was pulled ahead), the frame hash, the Ed25519 signature, the
+   records' heads (seq, kind, t) and their full decoding where something
+   needs it, splitting the frame's
    records bytes into each record's for the store, the store's
    transaction (inserts and commit), the ack, the usage ledger's fold
    (its arithmetic, ``Fold.feed``, apart from the rest of its
@@ -28,6 +30,13 @@ PostgreSQL is a throwaway cluster made as the tests make it
 
     .venv/bin/python bench/collector.py [--records 1000000]
         [--stores sqlite,postgresql] [--latency-s 60] [--fold-only]
+        [--no-ledger] [--inline-fold]
+
+With the ledger on, drains fold as ``vmcollector run`` does: in the
+ledger worker process (collector/folder.py), told of each stored batch;
+the rate is of storing, and the worker's lag when storing ended and the
+time it then took to catch up are reported (``--inline-fold``: the fold
+in the ingest thread instead, timed as a phase).
 """
 
 from __future__ import annotations
@@ -51,7 +60,7 @@ import vmagent.frames as frames_mod  # noqa: E402
 from integration.agent_process import AgentProcess  # noqa: E402
 from vmagent import keys  # noqa: E402
 from vmagent.collector import client as client_mod  # noqa: E402
-from vmagent.collector import store as store_mod  # noqa: E402
+from vmagent.collector.folder import LedgerWorker, store_spec  # noqa: E402
 from vmagent.collector.ingest import HostIngest  # noqa: E402
 from vmagent.collector.store import (  # noqa: E402
     HostRow,
@@ -64,6 +73,7 @@ from vmagent.ledger import book as ledger_book  # noqa: E402
 from vmagent.ledger import facts as ledger_facts  # noqa: E402
 from vmagent.wal import Wal  # noqa: E402
 from vmagent.wal import format as fmt  # noqa: E402
+from vmagent.wal import heads as heads_mod  # noqa: E402
 from wal import NoSync, vm_sample  # noqa: E402
 
 HOST = "bench-host"
@@ -140,18 +150,30 @@ def ingest_for(store: SqlStore, a: AgentProcess, name: str,
 
 
 def drain(kind: str, a: AgentProcess, records: int, work: Path,
-          pg: Any) -> dict[str, Any]:
-    """Stores the whole backlog: records/s and the phases' seconds."""
+          pg: Any, ledger: bool = True,
+          inline: bool = False) -> dict[str, Any]:
+    """Stores the whole backlog: records/s and the phases' seconds
+    (``ledger`` False: storing alone, the ledger's fold a no-op)."""
     store = make_store(kind, work, pg)
     ing = ingest_for(store, a, f"hv-{kind}", wait_s=0)
+    worker = None
+    if ledger and not inline:  # as `vmcollector run`: the worker folds
+        worker = LedgerWorker(store_spec(store), 30.0).start()
+        worker.follow(set(), {f"hv-{kind}"})
+        ing.stored = worker.stored
     t = Timers()
+    if not ledger:
+        real_follow = ledger_book.follow
+        ledger_book.follow = lambda *_a, **_k: None  # type: ignore
+        t.undo.append(lambda: setattr(ledger_book, "follow", real_follow))
     t.wrap(client_mod.Client, "batch", "pull (HTTP + batch msgpack)")
     t.wrap(client_mod.Client, "ack", "ack")
     t.wrap(fmt, "chain_hash", "verify: SHA-256 hash")
     t.wrap(keys, "verify_signature", "verify: Ed25519 signature")
-    t.wrap(frames_mod, "iter_records", "decode records", materialise=True)
+    t.wrap(frames_mod, "record_heads", "record heads (seq, kind, t)")
+    t.wrap(heads_mod.Heads, "decoded", "decode records in full")
     t.wrap(store, "save_batch", "store transaction (insert + commit)")
-    t.wrap(store_mod, "record_bodies", "split records for the store")
+    t.wrap(heads_mod.Heads, "bodies", "split records for the store")
     t.wrap(ledger_book, "update", "ledger fold (own transaction)")
     t.wrap(ledger_facts.Fold, "feed", "ledger: Fold.feed (in the fold)")
     cpu0, t0 = time.process_time(), time.perf_counter()
@@ -162,34 +184,66 @@ def drain(kind: str, a: AgentProcess, records: int, work: Path,
     finally:
         t.restore()
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    caught = catch_up(store, worker, records, wall) if worker else {}
     held = store.wals(f"hv-{kind}")[0]["held"]
     with store.transaction() as q:  # the ledger followed every record
         folded = q("SELECT seq FROM ledger_pos").fetchall()
-    assert folded == [(records,)], folded
+    assert folded == ([(records,)] if ledger else []), folded
     store.close()
     assert held == [[1, records]], held  # every seq, once
     spent = dict(t.spent)
     # the splitting happens inside the store's transaction
     store_key = "store transaction (insert + commit)"
     spent[store_key] -= spent.get("split records for the store", 0)
-    spent["ledger fold (own transaction)"] -= spent.get(
-        "ledger: Fold.feed (in the fold)", 0)
+    if "ledger fold (own transaction)" in spent:
+        spent["ledger fold (own transaction)"] -= spent.get(
+            "ledger: Fold.feed (in the fold)", 0)
     spent["other (ingest loop)"] = wall - sum(spent.values())
     return {"rate": records / wall, "wall": wall, "cpu": cpu,
-            "spent": spent}
+            "spent": spent, **caught}
+
+
+def folded_seq(store: SqlStore) -> int:
+    with store.transaction() as q:
+        row = q("SELECT max(seq) FROM ledger_pos").fetchone()
+    return int(row[0] or 0)
+
+
+def catch_up(store: SqlStore, worker: LedgerWorker, records: int,
+             wall: float) -> dict[str, Any]:
+    """Storing has ended: the ledger worker's lag then, the time until it
+    has folded every record, its CPU; then it is stopped."""
+    t0 = time.perf_counter()
+    lag = records - folded_seq(store)
+    while folded_seq(store) < records:
+        time.sleep(0.05)
+    done = time.perf_counter() - t0
+    with open(f"/proc/{worker.pid}/stat") as f:
+        ticks = sum(int(x) for x in f.read().rsplit(")", 1)[1].split()[11:13])
+    worker.stop()
+    return {"lag_at_end": lag, "catch_up_s": done,
+            "worker_cpu": ticks / os.sysconf("SC_CLK_TCK"),
+            "both_rate": records / (wall + done)}
 
 
 def latency(kind: str, work: Path, pg: Any, seconds: float,
-            vms: int = 50) -> list[float]:
-    """Per stored batch: store commit time - newest record's t."""
+            vms: int = 50, folds: list[float] | None = None) -> list[float]:
+    """Per stored batch: store commit time - newest record's t; and in
+    ``folds``, the time from its commit until the ledger worker folded it
+    (``ledger_pos`` polled every 20 ms)."""
     a = AgentProcess(work / f"live-{kind}", interval=1, fake_vms=vms).start()
     store = make_store(kind, work, pg)
     ing = ingest_for(store, a, f"live-{kind}", wait_s=1.0)
+    worker = LedgerWorker(store_spec(store), 30.0).start()
+    worker.follow(set(), {f"live-{kind}"})
+    ing.stored = worker.stored
+    watch = FoldWatch(store, folds if folds is not None else [])
     out: list[float] = []
     real = store.save_batch
 
     def save(*args: Any, **kwargs: Any) -> None:
         real(*args, **kwargs)
+        watch.stored(args[4])
         now = time.time_ns()
         ts = [r["t"] for f in args[2] for r in f.decoded
               if isinstance(r.get("t"), int)]
@@ -200,13 +254,46 @@ def latency(kind: str, work: Path, pg: Any, seconds: float,
     try:
         ing.cycle()  # the first pull catches up with what is there
         out.clear()
+        watch.start()
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             ing.cycle()
+        watch.finish()
     finally:
+        worker.stop()
         store.close()
         a.kill()
     return out
+
+
+class FoldWatch(threading.Thread):
+    """When each stored batch's last seq reached ``ledger_pos``."""
+
+    def __init__(self, store: SqlStore, out: list[float]) -> None:
+        super().__init__(daemon=True)
+        self.store, self.out = store, out
+        self.waiting: dict[int, float] = {}  # last seq -> when stored
+        self.lock, self.done = threading.Lock(), threading.Event()
+
+    def stored(self, seq: int) -> None:
+        if self.is_alive():
+            with self.lock:
+                self.waiting[seq] = time.monotonic()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            seq, now = folded_seq(self.store), time.monotonic()
+            with self.lock:
+                for s in [s for s in self.waiting if s <= seq]:
+                    self.out.append(now - self.waiting.pop(s))
+            time.sleep(0.02)
+
+    def finish(self, timeout: float = 10.0) -> None:
+        end = time.monotonic() + timeout
+        while self.waiting and time.monotonic() < end:
+            time.sleep(0.05)
+        self.done.set()
+        self.join()
 
 
 def fold_only(records: int) -> float:
@@ -231,6 +318,11 @@ def main() -> int:
     ap.add_argument("--latency-s", type=float, default=60.0)
     ap.add_argument("--fold-only", action="store_true",
                     help="only the ledger's fold, in memory")
+    ap.add_argument("--no-ledger", action="store_true",
+                    help="storing alone: the ledger's fold is not run")
+    ap.add_argument("--inline-fold", action="store_true",
+                    help="fold in the ingest thread, not in the ledger "
+                         "worker process")
     args = ap.parse_args()
     if args.fold_only:
         print(f"Fold.feed alone: {args.records:,} records, "
@@ -253,12 +345,20 @@ def main() -> int:
             for kind in kinds:  # an agent each: the drain acks and deletes
                 a = backlog_agent(work / kind, args.records)
                 try:
-                    r = drain(kind, a, args.records, work, pg)
+                    r = drain(kind, a, args.records, work, pg,
+                              ledger=not args.no_ledger,
+                              inline=args.inline_fold)
                 finally:
                     a.kill()
                 print(f"\n{kind}: {args.records:,} records in "
                       f"{r['wall']:.1f} s = {r['rate']:,.0f} records/s "
                       f"(this process's CPU {r['cpu']:.1f} s)")
+                if "catch_up_s" in r:
+                    print(f"ledger worker: {r['lag_at_end']:,} records "
+                          "behind when storing ended, caught up "
+                          f"{r['catch_up_s']:.1f} s later (stored and "
+                          f"folded: {r['both_rate']:,.0f} records/s; the "
+                          f"worker's CPU {r['worker_cpu']:.1f} s)")
                 print("| phase | seconds | share |\n|---|---|---|")
                 for phase, s in sorted(r["spent"].items(),
                                        key=lambda kv: -kv[1]):
@@ -266,12 +366,18 @@ def main() -> int:
                           f"{100 * s / r['wall']:.0f} % |")
                 sys.stdout.flush()
             for kind in kinds if args.latency_s > 0 else []:
-                lat = sorted(latency(kind, work, pg, args.latency_s))
+                folds: list[float] = []
+                lat = sorted(latency(kind, work, pg, args.latency_s,
+                                     folds=folds))
                 p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
                 print(f"\n{kind}: commit-to-store at a 1 s pull interval, "
                       f"{len(lat)} batches over {args.latency_s:.0f} s: "
                       f"median {statistics.median(lat):.3f} s, p99 "
                       f"{p99:.3f} s, max {lat[-1]:.3f} s", flush=True)
+                folds.sort()
+                print(f"{kind}: store-to-ledger (the worker), {len(folds)} "
+                      f"batches: median {statistics.median(folds):.3f} s, "
+                      f"max {folds[-1]:.3f} s", flush=True)
         finally:
             if pg is not None:
                 pg.destroy()

@@ -8,17 +8,21 @@ hosts, one 15-minute base slice per quarter hour (2,880 per VM-month), each
 with the eleven meters of a VM with one NIC and no per-disk counters
 (running, vCPU and byte-ns time, RSS maximum, CPU, four NIC counters, two
 process I/O counters), and owners over ``--accounts`` accounts (a VM
-without one every tenth, so account ``-`` is reported too).  Then, per
-store, timed ``--repeat`` times: the library call (``close.usage``,
-``report.group``, ``report.as_json``: what the command runs) and the
-command end to end (a fresh ``vmcollector`` process).  ``--profile``
-prints the library call's top functions by cumulative time.
+without one every tenth, so account ``-`` is reported too); then the
+roll-up is computed from them as for a store migrated with slices in it
+(``book.roll_up_pending``, timed apart).  Then, per store, timed
+``--repeat`` times: the library call (``close.grouped``,
+``report.as_json``: what the command runs) and the command end to end (a
+fresh ``vmcollector`` process).  ``--compare`` also times the records'
+path (``close.usage``, ``report.group``) and checks it gives the same
+bytes.  ``--profile`` prints the library call's top functions by
+cumulative time.
 
 PostgreSQL is a throwaway cluster made as the tests make it
 (tests/integration/postgres.py).
 
     .venv/bin/python bench/ledger.py [--vms 1000] [--days 30]
-        [--stores sqlite,postgresql] [--repeat 3] [--profile]
+        [--stores sqlite,postgresql] [--repeat 3] [--compare] [--profile]
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from vmagent.collector.store import PostgresStore, SqliteStore, SqlStore  # noqa: E402,I001
-from vmagent.ledger import close, report  # noqa: E402
+from vmagent.ledger import book, close, report  # noqa: E402
 from vmagent.ledger.facts import GenState  # noqa: E402
 
 NS = 10**9
@@ -115,6 +119,9 @@ def fill(store: SqlStore, vms: int, hosts: int, days: int,
         _fill_postgresql(store, vms, hosts, days, accounts, slices)
     else:
         raise TypeError(f"no bulk fill for {type(store).__name__}")
+    with store.transaction() as q:  # as migration 8 finds a ledger
+        q("INSERT INTO ledger_rollup_pending SELECT DISTINCT host FROM "
+          "ledger_slices")
 
 
 def _fill_sqlite(store: SqliteStore, vms: int, hosts: int, days: int,
@@ -173,6 +180,13 @@ def _fill_postgresql(store: PostgresStore, vms: int, hosts: int, days: int,
 def library(store: SqlStore, period: str = "hour") -> str:
     """What ``vmcollector usage ... --group-by account --json`` runs."""
     end = report.parse_time("2026-12-01")
+    return report.as_json(close.grouped(store, START, end, "account",
+                                        period, "UTC"))
+
+
+def records_path(store: SqlStore, period: str = "hour") -> str:
+    """The same from every VM's records (what the command ran before)."""
+    end = report.parse_time("2026-12-01")
     rows = close.usage(store, START, end, period, "UTC")
     return report.as_json(report.group(rows, "account"))
 
@@ -202,9 +216,20 @@ def bench_store(kind: str, store: SqlStore, config: Path,
     print(f"{kind}: filled {args.vms} VMs x {args.days * 96} base slices x "
           f"{len(METERS)} meters in {time.perf_counter() - t0:.0f} s",
           flush=True)
+    t0 = time.perf_counter()
+    book.roll_up_pending(store)
+    with store.transaction() as q:
+        n = q("SELECT count(*) FROM ledger_rollup").fetchone()[0]
+    print(f"{kind}: roll-up of {n} rows computed from the slices in "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
     lib, out = timed(lambda: library(store), args.repeat)
     cli, out2 = timed(lambda: command(config), args.repeat)
     assert out == out2, "the command and the library call differ"
+    if args.compare:
+        old, out3 = timed(lambda: records_path(store), 1)
+        assert out == out3, "the roll-up and the records' path differ"
+        print(f"{kind}: the records' path gives the same bytes in "
+              f"{old[0]:.2f} s", flush=True)
     rows = len(json.loads(out)["records"])
     print(f"{kind}: library median {statistics.median(lib):.2f} s "
           f"(runs {', '.join(f'{t:.2f}' for t in lib)}); command median "
@@ -229,6 +254,8 @@ def main() -> None:
     ap.add_argument("--accounts", type=int, default=5)
     ap.add_argument("--stores", default="sqlite,postgresql")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--compare", action="store_true",
+                    help="check against the records' path (slow)")
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
     outputs = {}

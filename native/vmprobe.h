@@ -24,6 +24,21 @@ const char *vmprobe_version(void);
 /* One decimal number, optionally followed by a newline (common/text.c). */
 int vmprobe_parse_u64(const char *buf, size_t len, uint64_t *out);
 
+/* --- msgpack record heads (common/msgpack_heads.c) ------------------------ */
+
+/* Per record, VMPROBE_HEAD_WORDS int64s: where it ends (offset past it),
+ * seq, t, the kind string's offset and length in buf, flags.  Without
+ * VMPROBE_HEAD_PLAIN only the end is set: the record must be decoded in
+ * full (not a map, a gap record, no int seq or str kind, a bool t, ext
+ * types, non-str map keys, bad UTF-8).  Returns the number of records, or
+ * -1 with EINVAL (not whole msgpack objects, or nested deeper than 64) or
+ * E2BIG (more than max records). */
+#define VMPROBE_HEAD_WORDS 6
+#define VMPROBE_HEAD_PLAIN 1
+#define VMPROBE_HEAD_T 2
+long vmprobe_msgpack_heads(const unsigned char *buf, size_t len,
+                           int64_t *out, size_t max);
+
 /* linux-begin: the Linux probes (native/linux/); the cdef of other
  * platforms leaves everything up to linux-end out. */
 
@@ -68,6 +83,19 @@ int vmprobe_parse_status(const char *buf, size_t len, struct vmprobe_status *out
 int vmprobe_parse_io(const char *buf, size_t len, struct vmprobe_io *out);
 int vmprobe_parse_schedstat(const char *buf, size_t len,
                             struct vmprobe_schedstat *out);
+
+/* --- /proc/net/dev: every interface's counters, one read per sweep ------- */
+
+#define VMPROBE_IFNAMSIZ 16         /* IFNAMSIZ: 15 characters and a NUL */
+#define VMPROBE_NET_DEV_FIELDS 16   /* 8 received, then 8 sent */
+
+/* For the first `max` interfaces: their names into `names` (max *
+ * VMPROBE_IFNAMSIZ bytes), one after another split by '\n', NUL-terminated;
+ * interface i's numbers into values[i * VMPROBE_NET_DEV_FIELDS ...].
+ * Returns how many interfaces the text has (more than max: call again with
+ * room for them), or -1 with EINVAL when it is not this file. */
+int vmprobe_parse_net_dev(const char *buf, size_t len, char *names,
+                          uint64_t *values, int max);
 
 /* --- one VM: cached fds, re-read with pread -------------------------------- */
 
@@ -143,6 +171,39 @@ struct vmprobe_vm *vmprobe_vm_open(const struct vmprobe_vm_spec *spec);
 /* Re-reads everything with pread.  -1 with errno ESRCH when the process has
  * exited (gone or a zombie); per-item failures are in each item's err. */
 int vmprobe_vm_read(struct vmprobe_vm *vm, struct vmprobe_reading *out);
+
+/* The reading as one array of u64 (what the caller turns into numbers in
+ * one step, not field by field): the VMPROBE_FLAT_* items, then per thread
+ * (err, run_ns, wait_ns), per disk (err, size_bytes, alloc_bytes, has_blk,
+ * rd_ios, rd_sectors, wr_ios, wr_sectors), per u64 item (err, value).  A
+ * flag item is 1 when the values after it were read, else 0. */
+enum {
+    VMPROBE_FLAT_UTIME,
+    VMPROBE_FLAT_STIME,
+    VMPROBE_FLAT_HAS_GUEST_TIME,
+    VMPROBE_FLAT_GUEST_TIME,
+    VMPROBE_FLAT_STARTTIME,
+    VMPROBE_FLAT_RSS_PAGES,
+    VMPROBE_FLAT_HAS_VM_RSS,    /* status read and VmRSS in it */
+    VMPROBE_FLAT_VM_RSS_KB,
+    VMPROBE_FLAT_HAS_HUGETLB,   /* status read and HugetlbPages in it */
+    VMPROBE_FLAT_HUGETLB_KB,
+    VMPROBE_FLAT_HAS_STORAGE,   /* io read and read_bytes/write_bytes in it */
+    VMPROBE_FLAT_READ_BYTES,
+    VMPROBE_FLAT_WRITE_BYTES,
+    VMPROBE_FLAT_FIXED,         /* the count of the items above */
+    VMPROBE_FLAT_THREAD = 3,    /* u64 per thread, per disk, per u64 item */
+    VMPROBE_FLAT_DISK = 8,
+    VMPROBE_FLAT_U64 = 2
+};
+
+/* The u64 count vmprobe_vm_read_flat writes for this VM. */
+size_t vmprobe_vm_flat_len(const struct vmprobe_vm *vm);
+
+/* vmprobe_vm_read into `reading`, then the reading flattened into `flat`
+ * (vmprobe_vm_flat_len items); -1 and errno as vmprobe_vm_read. */
+int vmprobe_vm_read_flat(struct vmprobe_vm *vm,
+                         struct vmprobe_reading *reading, uint64_t *flat);
 
 void vmprobe_vm_close(struct vmprobe_vm *vm);
 

@@ -6,7 +6,9 @@ records, its key id and Ed25519 signature with the pinned host key, and
 records holding exactly its seqs.  ``verify_batch`` adds what a sequence of
 frames must be: seqs that follow on, a continuous hash chain except across
 seqs a ``gap`` record declares lost, and a frame never coming back with
-other content.  Nothing that fails is handed on.
+other content.  Nothing that fails is handed on.  The ``_heads`` variants
+hand on each frame's record heads (wal/heads.py) instead of the decoded
+records: the collector stores those without decoding the rest.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from typing import Any
 from vmagent import keys
 from vmagent.errors import VmagentError
 from vmagent.wal import format as fmt
-from vmagent.wal.scan import covered, iter_records
+from vmagent.wal.heads import Heads, record_heads
+from vmagent.wal.scan import covered
 
 RECENT_FRAMES = 4096
 
@@ -31,6 +34,12 @@ def check_frame(frame: fmt.Frame, host: str, wal: bytes,
                 public_key: bytes | None) -> list[dict[str, Any]]:
     """The frame's records, or VerifyError saying what is wrong with it.
     Without a public key the signature is not checked."""
+    return check_frame_heads(frame, host, wal, public_key).decoded()
+
+
+def check_frame_heads(frame: fmt.Frame, host: str, wal: bytes,
+                      public_key: bytes | None) -> Heads:
+    """``check_frame``, giving the heads of the frame's records."""
     if fmt.chain_hash(frame.prev_hash, frame.records) != frame.hash:
         raise VerifyError("hash does not match its records")
     if public_key is not None:
@@ -41,11 +50,12 @@ def check_frame(frame: fmt.Frame, host: str, wal: bytes,
                                 frame.hash)
         if not keys.verify_signature(public_key, frame.sig, data):
             raise VerifyError("bad signature")
-    recs = list(iter_records(frame.records))
-    if [r.get("seq") if isinstance(r, dict) else None for r in recs] != \
-            list(range(frame.first_seq, frame.last_seq + 1)):
+    count = frame.last_seq - frame.first_seq + 1
+    heads = record_heads(frame.records, count)
+    if len(heads) != count or \
+            heads.seqs != list(range(frame.first_seq, frame.last_seq + 1)):
         raise VerifyError("records do not hold exactly its seqs")
-    return recs
+    return heads
 
 
 @dataclass
@@ -74,6 +84,14 @@ def verify_batch(batch: dict[str, Any], state: ChainState,
                  public_key: bytes | None) -> Iterator[dict[str, Any]]:
     """The records of ``batch`` after ``state.last_seq``, verified, in order;
     updates ``state``.  Raises VerifyError at the first bad frame."""
+    for heads in verify_batch_heads(batch, state, public_key):
+        yield from heads.decoded()
+
+
+def verify_batch_heads(batch: dict[str, Any], state: ChainState,
+                       public_key: bytes | None) -> Iterator[Heads]:
+    """``verify_batch``: per frame that brings records after
+    ``state.last_seq``, the heads of those records."""
     wal, host = batch.get("wal"), batch.get("host")
     if not isinstance(wal, bytes) or len(wal) != 16 or not isinstance(host,
                                                                       str):
@@ -82,11 +100,13 @@ def verify_batch(batch: dict[str, Any], state: ChainState,
         raise VerifyError("batch is from another WAL")
     state.wal = wal
     for f in batch.get("frames") or []:
-        yield from _verify_frame(f, wal, host, state, public_key)
+        heads = _verify_frame(f, wal, host, state, public_key)
+        if heads is not None:
+            yield heads
 
 
 def _verify_frame(f: Any, wal: bytes, host: str, state: ChainState,
-                  public_key: bytes | None) -> Iterator[dict[str, Any]]:
+                  public_key: bytes | None) -> Heads | None:
     try:
         first, last = int(f["first_seq"]), int(f["last_seq"])
         records, prev, h, sig = (bytes(f[k]) for k in
@@ -101,25 +121,24 @@ def _verify_frame(f: Any, wal: bytes, host: str, state: ChainState,
         raise VerifyError(f"{where} came back with other content than "
                           "before: the agent reused its seqs")
     if last <= held:
-        return  # already held (a reply starts with the frame of after + 1)
+        return None  # already held (a reply starts with the frame of after+1)
     if first > held + 1:  # lost seqs: the chain may break here
         state.missing.append((held + 1, first - 1))
     elif state.last_hash is not None and prev != state.last_hash:
         raise VerifyError(f"{where}: chain broken (prev_hash is not the "
                           "previous frame's hash)")
     try:
-        recs = check_frame(fmt.Frame(first, last, records, prev, h, key_id,
-                                     sig), host, wal, public_key)
+        heads = check_frame_heads(fmt.Frame(first, last, records, prev, h,
+                                            key_id, sig), host, wal,
+                                  public_key)
     except VerifyError as err:
         raise VerifyError(f"{where}: {err}") from None
     state.last_seq, state.last_hash = last, h
     state.remember(first, last, h)
-    for rec in recs:
-        if rec.get("kind") == "gap":
-            state.gaps.append((rec["from_seq"], rec["to_seq"],
-                               str(rec.get("reason", ""))))
-        if rec["seq"] > held:
-            yield rec
+    for rec in heads.gap_records():
+        state.gaps.append((rec["from_seq"], rec["to_seq"],
+                           str(rec.get("reason", ""))))
+    return heads.after(held)
 
 
 def unexplained(state: ChainState) -> list[tuple[int, int]]:

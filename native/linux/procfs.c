@@ -161,3 +161,93 @@ int vmprobe_parse_schedstat(const char *buf, size_t len,
         }
     return 0;
 }
+
+/* What Python's bytes.split() and strip() take for whitespace. */
+static int is_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' ||
+           c == '\f';
+}
+
+static int is_blank(const char *s, const char *e)
+{
+    for (; s < e; s++)
+        if (!is_space(*s))
+            return 0;
+    return 1;
+}
+
+/* One interface line [s, e) holding a ':': "name:" and the numbers.  The
+ * name goes to name (VMPROBE_IFNAMSIZ bytes) unless NULL, the numbers to
+ * v (VMPROBE_NET_DEV_FIELDS) unless NULL; -1 when it is not such a line. */
+static int net_dev_line(const char *s, const char *e, char *name,
+                        uint64_t *v)
+{
+    const char *colon = memchr(s, ':', (size_t)(e - s)), *p, *ts;
+    uint64_t ignored;
+    int i;
+
+    while (s < colon && is_space(*s))
+        s++;
+    for (p = colon; p > s && is_space(p[-1]); p--)
+        ;
+    if (p - s >= VMPROBE_IFNAMSIZ) /* longer than the kernel allows */
+        return -1;
+    if (name != NULL) {
+        memcpy(name, s, (size_t)(p - s));
+        name[p - s] = '\0';
+    }
+    for (p = colon + 1, i = 0; i < VMPROBE_NET_DEV_FIELDS; i++) {
+        while (p < e && is_space(*p))
+            p++;
+        for (ts = p; p < e && !is_space(*p); p++)
+            ;
+        if (_vmprobe_u64(ts, p, v != NULL ? &v[i] : &ignored) < 0)
+            return -1;
+    }
+    return is_blank(p, e) ? 0 : -1;
+}
+
+/* torvalds/linux:net/core/net-procfs.c (dev_seq_show, dev_seq_printf_stats):
+ * two header lines, then "%6s:" and sixteen numbers per interface.  A long
+ * name leaves no space before its colon, and a name never holds ':' or
+ * whitespace (dev_valid_name). */
+int vmprobe_parse_net_dev(const char *buf, size_t len, char *names,
+                          uint64_t *values, int max)
+{
+    static const char head[] = "Inter-|";
+    const char *e = buf + len, *p = memchr(buf, '\n', len), *end;
+    char *name = names;
+    int n = 0;
+
+    if (p == NULL || len < sizeof(head) - 1 ||
+        memcmp(buf, head, sizeof(head) - 1) != 0)
+        goto invalid;
+    p = memchr(p + 1, '\n', (size_t)(e - p - 1)); /* the second header */
+    for (p = p != NULL ? p + 1 : e; p < e; p = end < e ? end + 1 : e) {
+        end = memchr(p, '\n', (size_t)(e - p));
+        end = end != NULL ? end : e;
+        if (memchr(p, ':', (size_t)(end - p)) == NULL) {
+            if (!is_blank(p, end))
+                goto invalid;
+            continue;
+        }
+        if (net_dev_line(p, end, n < max ? name : NULL,
+                         n < max ? values + n * VMPROBE_NET_DEV_FIELDS
+                                 : NULL) < 0)
+            goto invalid;
+        if (n < max) { /* names, one after another, split by '\n' */
+            name += strlen(name);
+            *name++ = '\n';
+        }
+        n++;
+    }
+    if (name > names)
+        name[-1] = '\0';
+    else if (names != NULL && max > 0)
+        names[0] = '\0';
+    return n;
+invalid:
+    errno = EINVAL;
+    return -1;
+}

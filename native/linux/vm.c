@@ -395,3 +395,66 @@ int vmprobe_vm_read(struct vmprobe_vm *vm, struct vmprobe_reading *out)
     read_kstats(vm, out);
     return 0;
 }
+
+size_t vmprobe_vm_flat_len(const struct vmprobe_vm *vm)
+{
+    return VMPROBE_FLAT_FIXED + (size_t)vm->n_sched * VMPROBE_FLAT_THREAD +
+           (size_t)vm->n_disks * VMPROBE_FLAT_DISK +
+           (size_t)vm->n_u64 * VMPROBE_FLAT_U64;
+}
+
+static uint64_t *flatten_items(const struct vmprobe_vm *vm,
+                               const struct vmprobe_reading *r, uint64_t *p)
+{
+    int i;
+
+    for (i = 0; i < vm->n_sched; i++) {
+        const struct vmprobe_thread *t = &r->threads[i];
+        *p++ = (uint64_t)t->err;
+        *p++ = t->sched.run_ns;
+        *p++ = t->sched.wait_ns;
+    }
+    for (i = 0; i < vm->n_disks; i++) {
+        const struct vmprobe_disk *d = &r->disks[i];
+        *p++ = (uint64_t)d->err;
+        *p++ = d->size_bytes;
+        *p++ = d->alloc_bytes;
+        *p++ = (uint64_t)d->has_blk;
+        *p++ = d->rd_ios;
+        *p++ = d->rd_sectors;
+        *p++ = d->wr_ios;
+        *p++ = d->wr_sectors;
+    }
+    for (i = 0; i < vm->n_u64; i++) {
+        *p++ = (uint64_t)r->u64s[i].err;
+        *p++ = r->u64s[i].value;
+    }
+    return p;
+}
+
+int vmprobe_vm_read_flat(struct vmprobe_vm *vm,
+                         struct vmprobe_reading *reading, uint64_t *flat)
+{
+    const struct vmprobe_reading *r = reading;
+    int status, io;
+
+    if (vmprobe_vm_read(vm, reading) < 0)
+        return -1;
+    status = r->status_err == 0;
+    io = r->io_err == 0;
+    flat[VMPROBE_FLAT_UTIME] = r->stat.utime;
+    flat[VMPROBE_FLAT_STIME] = r->stat.stime;
+    flat[VMPROBE_FLAT_HAS_GUEST_TIME] = r->stat.has_guest_time != 0;
+    flat[VMPROBE_FLAT_GUEST_TIME] = r->stat.guest_time;
+    flat[VMPROBE_FLAT_STARTTIME] = r->stat.starttime;
+    flat[VMPROBE_FLAT_RSS_PAGES] = r->stat.rss_pages;
+    flat[VMPROBE_FLAT_HAS_VM_RSS] = status && r->status.has_vm_rss;
+    flat[VMPROBE_FLAT_VM_RSS_KB] = r->status.vm_rss_kb;
+    flat[VMPROBE_FLAT_HAS_HUGETLB] = status && r->status.has_hugetlb;
+    flat[VMPROBE_FLAT_HUGETLB_KB] = r->status.hugetlb_kb;
+    flat[VMPROBE_FLAT_HAS_STORAGE] = io && r->io.has_storage;
+    flat[VMPROBE_FLAT_READ_BYTES] = r->io.read_bytes;
+    flat[VMPROBE_FLAT_WRITE_BYTES] = r->io.write_bytes;
+    flatten_items(vm, r, flat + VMPROBE_FLAT_FIXED);
+    return 0;
+}

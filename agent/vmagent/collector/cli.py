@@ -170,6 +170,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from vmagent.collector.folder import LedgerWorker, store_spec
     from vmagent.collector.ingest import Ingest
     from vmagent.collector.metrics import Metrics
 
@@ -185,19 +186,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: reload.set())
     metrics = Metrics()
+    ledger = LedgerWorker(store_spec(store), cfg.lease_s, metrics)
     ingest = Ingest(store, cfg.pull_interval_s, cfg.instance_name,
-                    cfg.lease_s, cfg.read_timeout_s, metrics)
+                    cfg.lease_s, cfg.read_timeout_s, metrics, ledger)
     logger = log.get_logger()
     monitor = _monitor(cfg, store, metrics)
-    logger.info("collector_started", store=store.describe(),
-                instance=cfg.instance_name, lease_s=cfg.lease_s,
-                hosts=len(store.hosts()))
-    ingest.start()
-    service = _Service(args.config, cfg, store, ingest, reload)
-    ingest.run(stop, service.between)
-    service.notifier.send(stopping="1")
-    logger.info("collector_stopping")
-    ingest.shutdown()
+    try:
+        ledger.start()
+        logger.info("collector_started", store=store.describe(),
+                    instance=cfg.instance_name, lease_s=cfg.lease_s,
+                    hosts=len(store.hosts()), ledger_worker=ledger.pid)
+        ingest.start()
+        service = _Service(args.config, cfg, store, ingest, reload)
+        ingest.run(stop, service.between)
+        service.notifier.send(stopping="1")
+        logger.info("collector_stopping")
+        ingest.shutdown()  # stores the batches in hand, then
+    finally:
+        ledger.stop()  # the worker folds what is left (bounded), exits
     if monitor is not None:
         monitor.close()
     store.close()
@@ -399,8 +405,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 def status_document(store: SqlStore,
                     cfg: config_mod.CollectorConfig) -> dict[str, Any]:
     """The status document of docs/collector.md."""
+    from vmagent.collector.folder import lag_by_host
+
     hosts = []
     leases = store.leases()
+    lag = lag_by_host(store)
     now = time.time()
     for h in store.hosts():
         owner, expires = leases.get(h.name, (None, 0.0))
@@ -417,6 +426,7 @@ def status_document(store: SqlStore,
                       "behind_records": h.behind_records,
                       "clock_offset_s": h.clock_offset_s,
                       "acked_seq": h.acked_seq,
+                      "ledger_lag_records": lag.get(h.name, 0),
                       "retired_at": _rfc3339(h.retired_at),
                       "last_inventory": _rfc3339(
                           h.inventory_t / 1e9 if h.inventory_t else None)})
@@ -450,7 +460,9 @@ def format_status(doc: dict[str, Any]) -> str:
                      f"{len(h['wals'])} WALs, {gaps} missing ranges, acked "
                      f"{h['acked_seq']}, last pull {h['last_pull'] or '-'}"
                      + (f", pulled by {h['lease']['owner']}"
-                        if h["lease"] else ""))
+                        if h["lease"] else "")
+                     + (f", {h['ledger_lag_records']} not yet in the ledger"
+                        if h.get("ledger_lag_records") else ""))
         if h["error"]:
             lines.append(f"  error: {h['error']}")
     for p in doc.get("periods", []):

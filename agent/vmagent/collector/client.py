@@ -10,9 +10,12 @@ import json
 import os
 import ssl
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from contextlib import suppress
 from typing import Any
 from urllib.parse import urlencode
 
@@ -142,6 +145,7 @@ class Client:
         self.timeout, self.ssl_context = timeout, ssl_context
         self.max_body = max_body
         self.client_cert = client_cert  # ssl_context presents one
+        self._ahead: _Ahead | None = None  # a batch pulled ahead (prefetch)
 
     def _request(self, path: str, body: bytes | None = None,
                  ctype: str = "") -> bytes:
@@ -220,6 +224,26 @@ class Client:
 
     def batch(self, after: int | None, wal: bytes | None = None,
               wait: float = 0, max_records: int = 1000) -> dict[str, Any]:
+        """The batch after ``after``: the one ``prefetch`` pulled for the
+        same ``after``, WAL and ``max_records`` if it holds frames, else
+        asked for now."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead.key == (after, wal, max_records):
+            doc = ahead.result()
+            if doc is not None and doc.get("frames"):
+                return doc
+        return self._batch(after, wal, wait, max_records)
+
+    def prefetch(self, after: int, wal: bytes, max_records: int) -> None:
+        """Pull the batch after ``after`` (no long-poll) in the background,
+        for the next ``batch`` call: a backlog's next batch travels while
+        the caller stores this one.  Pulling changes nothing at the agent
+        (only acks do); a reply not used, or failed, is dropped."""
+        self._ahead = _Ahead((after, wal, max_records), lambda: self._batch(
+            after, wal, 0, max_records))
+
+    def _batch(self, after: int | None, wal: bytes | None, wait: float,
+               max_records: int) -> dict[str, Any]:
         q: dict[str, Any] = {"consumer": self.consumer, "max": max_records,
                              "wait": wait}
         if after is not None:
@@ -242,3 +266,25 @@ class Client:
                               "seq": seq})
         doc = json.loads(self._request("/v1/ack", body, "application/msgpack"))
         return int(doc["seq"])
+
+
+class _Ahead:
+    """One batch being pulled in a thread of its own (``prefetch``)."""
+
+    def __init__(self, key: tuple[Any, ...],
+                 pull: Callable[[], dict[str, Any]]) -> None:
+        self.key = key
+        self.doc: dict[str, Any] | None = None
+        self.thread = threading.Thread(target=self._run, args=(pull,),
+                                       name="prefetch", daemon=True)
+        self.thread.start()
+
+    def _run(self, pull: Callable[[], dict[str, Any]]) -> None:
+        # failed: dropped, ``batch`` asks again and sees the error itself
+        with suppress(VmagentError, OSError, ValueError):
+            self.doc = pull()
+
+    def result(self) -> dict[str, Any] | None:
+        """The reply, once the pull is over (its own timeout bounds it)."""
+        self.thread.join()
+        return self.doc

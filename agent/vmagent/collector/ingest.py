@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vmagent.collector.client import Client, PullError, TlsError, tls_context
 from vmagent.collector.metrics import Metrics
@@ -42,9 +42,12 @@ from vmagent.collector.store import (
     StoredFrame,
     StoreError,
 )
-from vmagent.frames import ChainState, VerifyError, verify_batch
+from vmagent.frames import ChainState, VerifyError, verify_batch_heads
 from vmagent.ledger import book as ledger_book
 from vmagent.log import get_logger
+
+if TYPE_CHECKING:
+    from vmagent.collector.folder import LedgerWorker
 
 # records per pull: 4000 VM samples (~650 B) are ~2.6 MB, under the
 # agent's 4 MiB reply; fewer, larger transactions and acks (bench/collector.py)
@@ -54,38 +57,12 @@ FAILING_AFTER = 3  # pulls failed in a row
 LAGGING_AFTER_S = 60.0
 READ_TIMEOUT_S = 30.0  # a whole reply, beyond the long-poll's wait
 REPLY_BYTES = 4 << 20  # an agent's reply ends after this much (or max)
-# the usage ledger folds after the ack when the host is caught up (a batch
+# folding in the ingest thread (no ledger worker: library use, tests), the
+# usage ledger folds after the ack when the host is caught up (a batch
 # that is not full), else once this many records wait: while a backlog
 # drains, each gen and slice is read and written once per fold, not once
-# per batch; on SQLite (one writer) a fold of this many holds the write
-# lock for under a second (bench/collector.py, docs/benchmarks.md)
+# per batch.  ``vmcollector run`` folds in its worker (collector/folder.py)
 FOLD_RECORDS = 32_000
-# the decoded records a process's ingest threads together keep for their
-# next fold (about 3 kB each in memory), so that it need not read and
-# decode them back from the store; past this, folds read the store
-HELD_RECORDS = 64_000
-
-
-class _Held:
-    """The process's count of decoded records kept for folds."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.lock = threading.Lock()
-
-    def take(self, n: int) -> bool:
-        with self.lock:
-            if self.count + n > HELD_RECORDS:
-                return False
-            self.count += n
-            return True
-
-    def give_back(self, n: int) -> None:
-        with self.lock:
-            self.count -= n
-
-
-HELD = _Held()
 
 
 def backoff(attempt: int, cap: float = BACKOFF_CAP_S) -> float:
@@ -100,7 +77,8 @@ class HostIngest(threading.Thread):
     def __init__(self, store: Store, host: HostRow, stop: threading.Event,
                  wait_s: float = 10.0, owner: str | None = None,
                  read_timeout_s: float = READ_TIMEOUT_S,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None,
+                 stored: Callable[[str, bytes], None] | None = None) -> None:
         super().__init__(name=f"ingest-{host.name}", daemon=True)
         self.store, self.host, self.stop_event = store, host, stop
         self.owner = owner  # the lease holder's name, checked at each store
@@ -113,10 +91,12 @@ class HostIngest(threading.Thread):
         self.max_records = MAX_RECORDS
         self.pending: list[tuple[int, int, str]] = []  # missing, unsaved
         self.failures = 0
-        self.unfolded = 0  # records stored and not yet folded, of:
+        # (host, wal) after each commit: the ledger worker folds; None:
+        # this thread folds (``_fold``) the records stored and not yet
+        # folded (``unfolded``) of ``fold_wal``
+        self.stored = stored
+        self.unfolded = 0
         self.fold_wal: bytes | None = None
-        # decoded records of fold_wal since the last fold (None: not all)
-        self.fold_records: list[dict[str, Any]] | None = []
         self.full_since: float | None = None
         self.keys = host.pinned()
         self.timeout_s = self.wait_s + read_timeout_s
@@ -141,8 +121,7 @@ class HostIngest(threading.Thread):
                 if not done:
                     self.stop_event.wait(backoff(attempt))
         finally:
-            with self.busy:
-                self._let_go([])
+            self.log.info("ingest_stopped", after=self.state.last_seq)
 
     def halt(self) -> None:
         """Stop pulling: returns once no batch is in hand (one being stored
@@ -206,28 +185,25 @@ class HostIngest(threading.Thread):
         return True
 
     def _fold(self) -> None:
-        """The usage ledger follows what is stored, in its own
-        transaction (what it cannot fold now, the next fold does)."""
+        """Folding here (no worker): the usage ledger follows what is
+        stored, in its own transaction (what it cannot fold now, the next
+        fold does)."""
         if self.unfolded and self.fold_wal is not None:
-            ledger_book.follow(self.store, self.host.name, self.fold_wal,
-                               self.fold_records)
+            ledger_book.follow(self.store, self.host.name, self.fold_wal)
         self.unfolded = 0
-        self._let_go([])
 
-    def _hold(self, frames: list[StoredFrame]) -> None:
-        """Keeps the batch's decoded records for the next fold, within
-        ``HELD_RECORDS`` (else that fold reads the store)."""
-        if self.fold_wal != self.state.wal:
-            self._let_go([])  # the ledger reads the store for those
-        decoded = [r for f in frames for r in f.decoded]
-        if self.fold_records is not None and HELD.take(len(decoded)):
-            self.fold_records += decoded
-        else:
-            self._let_go(None)
-
-    def _let_go(self, then: list[dict[str, Any]] | None) -> None:
-        HELD.give_back(len(self.fold_records or ()))
-        self.fold_records = then
+    def _stored_now(self, frames: list[StoredFrame]) -> None:
+        """A batch committed: the worker is told, or it waits for
+        ``_fold``."""
+        assert self.state.wal is not None
+        if self.stored is not None:
+            if frames:
+                self.stored(self.host.name, self.state.wal)
+            return
+        if self.fold_wal not in (None, self.state.wal):
+            self._fold()  # the previous WAL's records first
+        self.unfolded += sum(f.last_seq - f.first_seq + 1 for f in frames)
+        self.fold_wal = self.state.wal
 
     def _save(self, frames: list[StoredFrame],
               missing: list[tuple[int, int, str]]) -> None:
@@ -235,6 +211,10 @@ class HostIngest(threading.Thread):
         transaction (fenced by the lease)."""
         assert self.state.wal is not None
         progress = self._progress(frames)
+        if progress["behind_records"] is None and self.client is not None:
+            # a full batch: the next one is pulled while this one is stored
+            self.client.prefetch(self.state.last_seq, self.state.wal,
+                                 self.max_records)
         began = time.monotonic()
         self.store.save_batch(self.host.name, self.state.wal, frames,
                               missing, self.state.last_seq,
@@ -243,9 +223,7 @@ class HostIngest(threading.Thread):
         self._count(frames, time.monotonic() - began, progress)
         self.host = replace(self.host, wal=self.state.wal)
         self.pending = []
-        self.unfolded += sum(len(f.decoded) for f in frames)
-        self._hold(frames)
-        self.fold_wal = self.state.wal
+        self._stored_now(frames)
         for a, b, reason in missing:
             self.log.warning("missing_recorded", from_seq=a, to_seq=b,
                              reason=reason)
@@ -261,18 +239,18 @@ class HostIngest(threading.Thread):
         out: list[StoredFrame] = []
         skips: list[tuple[int, int]] = []
         for f in batch.get("frames") or []:
-            held, known = self.state.last_seq, len(self.state.missing)
+            known = len(self.state.missing)
             try:
-                recs = list(verify_batch({**batch, "frames": [f]}, self.state,
-                                         self._key_for(f)))
+                heads = list(verify_batch_heads({**batch, "frames": [f]},
+                                                self.state, self._key_for(f)))
             except VerifyError as err:
                 return out, self._skipped(skips), str(err)
-            if self.state.last_seq > held:
+            if heads:  # the frame brought records after what is held
                 skips += self.state.missing[known:]
                 out.append(StoredFrame(
                     int(f["first_seq"]), int(f["last_seq"]), bytes(f["hash"]),
                     bytes(f["prev_hash"]), bytes(f["sig"]), str(f["key_id"]),
-                    bytes(f["records"]), recs))
+                    heads[0].records, heads=heads[0]))
         if batch.get("frames") is not None and not batch.get("frames") \
                 and self.state.wal is None:
             wal = batch.get("wal")  # an empty WAL: remember which it is
@@ -295,14 +273,13 @@ class HostIngest(threading.Thread):
 
     def _progress(self, frames: list[StoredFrame]) -> dict[str, Any]:
         now = time.time()
-        full = sum(len(f.decoded) for f in frames) >= self.max_records or \
+        full = sum(len(f.heads) for f in frames) >= self.max_records or \
             sum(len(f.records) for f in frames) >= REPLY_BYTES
         if not full:
             self.full_since = None
         elif self.full_since is None:
             self.full_since = now
-        ts = [r["t"] for f in frames for r in f.decoded
-              if isinstance(r.get("t"), int)]
+        ts = [t for f in frames for t in f.heads.ts if t is not None]
         lagging = self.full_since is not None and \
             now - self.full_since > LAGGING_AFTER_S
         progress: dict[str, Any] = {
@@ -310,9 +287,9 @@ class HostIngest(threading.Thread):
             "state": "lagging" if lagging else "current", "error": None}
         if ts:
             progress["clock_offset_s"] = round(max(ts) / 1e9 - now, 3)
-        inventory = [r["t"] for f in frames for r in f.decoded
-                     if r.get("kind") == "inventory"
-                     and isinstance(r.get("t"), int)]
+        inventory = [t for f in frames
+                     for k, t in zip(f.heads.kinds, f.heads.ts)
+                     if k == "inventory" and t is not None]
         if inventory:  # the store keeps the newest (``silent``)
             progress["inventory_t"] = max(inventory)
         self.failures = 0
@@ -322,8 +299,8 @@ class HostIngest(threading.Thread):
                progress: dict[str, Any]) -> None:
         if self.metrics is None:
             return
-        ts = [r["t"] for r in (frames[-1].decoded if frames else [])
-              if isinstance(r.get("t"), int)]
+        ts = [t for t in (frames[-1].heads.ts if frames else [])
+              if t is not None]
         self.metrics.batch_stored(self.host.name, len(frames), seconds,
                                   progress["behind_records"],
                                   max(ts) / 1e9 if ts else None)
@@ -404,13 +381,17 @@ class Ingest:
     """The pullers of the hosts this instance holds a lease on.  ``tick``
     (called every ``period``) claims and renews leases and starts, stops
     or restarts pullers to match; ``shutdown`` lets each finish its batch
-    and gives every lease back."""
+    and gives every lease back.  With a ``ledger`` worker (collector/
+    folder.py) the pullers tell it what they stored and each tick tells
+    it the hosts held and looks after it; without, they fold."""
 
     def __init__(self, store: Store, wait_s: float, instance: str = "local",
                  lease_s: float = 30.0,
                  read_timeout_s: float = READ_TIMEOUT_S,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None,
+                 ledger: LedgerWorker | None = None) -> None:
         self.store, self.wait_s = store, wait_s
+        self.ledger = ledger
         self.read_timeout_s = read_timeout_s
         self.metrics = metrics or Metrics()
         self.instance, self.lease_s = instance, lease_s
@@ -425,6 +406,8 @@ class Ingest:
     def tick(self) -> None:
         """One lease round; a store error leaves everything as it is (the
         leases run out if it lasts, and fencing stops the stores)."""
+        if self.ledger is not None:
+            self.ledger.check()
         try:
             claim = self.store.claim(self.instance, self.lease_s)
             rows = {h.name: h for h in self.store.hosts()}
@@ -437,6 +420,8 @@ class Ingest:
         self._halt_outdated(keep, rows)
         self._give_back(claim)
         self._start_pullers(keep, rows)
+        if self.ledger is not None:
+            self.ledger.follow(keep, set(rows))
 
     def _note_claimed(self, claim: Claim) -> None:
         if claim.taken:
@@ -489,7 +474,8 @@ class Ingest:
             t = HostIngest(self.store, new, threading.Event(), self.wait_s,
                            owner=self.instance,
                            read_timeout_s=self.read_timeout_s,
-                           metrics=self.metrics)
+                           metrics=self.metrics,
+                           stored=self.ledger.stored if self.ledger else None)
             self.threads[name] = t
             t.start()
 

@@ -34,6 +34,7 @@ class Metrics:
         self.commit_sum = 0.0
         self.commit_count = 0
         self.lease_changes: dict[str, int] = {"claimed": 0, "released": 0}
+        self.ledger_restarts = 0
 
     def batch_stored(self, host: str, frames: int, seconds: float,
                      behind: int | None, newest_t: float | None) -> None:
@@ -57,6 +58,10 @@ class Metrics:
         with self.lock:
             self.lease_changes[change] = \
                 self.lease_changes.get(change, 0) + n
+
+    def ledger_worker_restarted(self) -> None:
+        with self.lock:
+            self.ledger_restarts += 1
 
     def render(self, now: float | None = None) -> str:
         """The Prometheus text exposition."""
@@ -106,6 +111,9 @@ class Metrics:
                 "Leases this instance claimed or gave back.",
                 [(f'{{change="{change}"}}', str(n))
                  for change, n in sorted(self.lease_changes.items())])
+        _family(out, "vmcollector_ledger_worker_restarts_total", "counter",
+                "Times the ledger worker process was started again after "
+                "it died.", [("", str(self.ledger_restarts))])
 
 
 HOST_STATES = ("current", "lagging", "failing", "untrusted", "silent",
@@ -133,6 +141,10 @@ def render_status(doc: dict[str, Any]) -> str:
                 g["to_seq"] - g["from_seq"] + 1
                 for w in h.get("wals", []) for g in w.get("gaps", []))))
              for h in hosts])
+    _family(out, "vmcollector_ledger_lag_records", "gauge",
+            "Records stored and not yet folded into the usage ledger.",
+            [(_host(h["name"]), str(h["ledger_lag_records"])) for h in hosts
+             if h.get("ledger_lag_records") is not None])
     _family(out, "vmcollector_period_state", "gauge",
             "1 for the period's state in the ledger, else 0.",
             [(f'{{period="{escape(p["period"])}",grain="{p.get("grain", "")}"'

@@ -27,7 +27,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,9 @@ from vmagent.errors import VmagentError
 from vmagent.keys import key_id
 from vmagent.ledger.close import PERIODS_SCHEMA
 from vmagent.ledger.owners import OWNERS_SQL
-from vmagent.ledger.schema import LEDGER_SCHEMA
+from vmagent.ledger.schema import LEDGER_SCHEMA, ROLLUP_SCHEMA
 from vmagent.log import get_logger
+from vmagent.wal.heads import Decoded, Heads, of_decoded
 
 STATES = ("current", "lagging", "failing", "untrusted", "silent", "retired")
 # why seqs the agent skipped without a gap record or a 410 are missing
@@ -94,18 +96,36 @@ class HostRow:
         return {key_id(k).hex(): k for k in (*self.keys, self.pubkey)}
 
 
-@dataclass
 class StoredFrame:
-    """A verified frame as received, and its decoded records."""
+    """A verified frame as received and its records: their heads (seq,
+    kind, t and bytes: what the store keeps of each), decoded in full only
+    on demand (``decoded``).  Built from decoded records, or from the
+    heads the verifier gives (``heads``)."""
 
-    first_seq: int
-    last_seq: int
-    hash: bytes
-    prev_hash: bytes
-    sig: bytes
-    key_id: str
-    records: bytes
-    decoded: list[dict[str, Any]] = field(default_factory=list)
+    def __init__(self, first_seq: int, last_seq: int, hash: bytes,  # noqa: A002
+                 prev_hash: bytes, sig: bytes, key_id: str, records: bytes,
+                 decoded: Sequence[dict[str, Any]] | None = None, *,
+                 heads: Heads | None = None) -> None:
+        self.first_seq, self.last_seq = first_seq, last_seq
+        self.hash, self.prev_hash, self.sig = hash, prev_hash, sig
+        self.key_id, self.records = key_id, records
+        self._heads = heads
+        self._decoded: Sequence[dict[str, Any]] = \
+            Decoded(heads) if heads is not None else decoded or []
+
+    @property
+    def heads(self) -> Heads:
+        if self._heads is None:
+            self._heads = of_decoded(self.records, self._decoded)
+        return self._heads
+
+    @property
+    def decoded(self) -> Sequence[dict[str, Any]]:
+        return self._decoded
+
+    @decoded.setter
+    def decoded(self, records: Sequence[dict[str, Any]]) -> None:
+        self._decoded, self._heads = records, None
 
 
 @dataclass(frozen=True)
@@ -254,6 +274,7 @@ MIGRATIONS: tuple[str, ...] = (
     LEDGER_SCHEMA,  # 5: the ledger (ledger/schema.py)
     OWNERS_SQL,  # 6: VM owners, time-versioned (ledger/owners.py)
     PERIODS_SCHEMA,  # 7: period close, certificates, corrections
+    ROLLUP_SCHEMA,  # 8: the ledger's roll-up for grouped reports
 )
 
 _FRAME_COLUMNS = ("host", "wal", "first_seq", "last_seq", "hash",
@@ -416,9 +437,9 @@ class SqlStore(Store):
         if not frames:
             return
         old_frames, old_records = _stored_range(q, host, wal, frames)
-        frame_rows, record_rows = [], []
+        frame_rows: list[tuple[Any, ...]] = []
+        record_rows: list[tuple[Any, ...]] = []
         gaps: list[tuple[int, int, str]] = []
-        split = record_bodies  # looked up per batch: benchmarks time it
         for f in frames:
             known = old_frames.get(f.first_seq)
             if known is None:
@@ -429,16 +450,10 @@ class SqlStore(Store):
                 raise EvidenceConflict(f"frame {f.first_seq}-{f.last_seq} "
                                        "came back with other content than "
                                        "stored")
-            bodies = split(f.records)
-            if len(bodies) != len(f.decoded):  # not a verified frame's
-                bodies = [encode_record(r) for r in f.decoded]
-            for rec, body in zip(f.decoded, bodies):
-                row = _record_row(host, wal, rec, body, old_records)
-                if row is not None:
-                    record_rows.append(row)
-                if rec.get("kind") == "gap":
-                    gaps.append((rec["from_seq"], rec["to_seq"],
-                                 f"gap record: {rec.get('reason', '')}"))
+            record_rows += _record_rows(host, wal, f.heads, old_records)
+            gaps += [(r["from_seq"], r["to_seq"],
+                      f"gap record: {r.get('reason', '')}")
+                     for r in f.heads.gap_records()]
         self._insert_many("frames", _FRAME_COLUMNS, frame_rows)
         self._insert_many("records", _RECORD_COLUMNS, record_rows)
         for a, b, reason in gaps:
@@ -799,19 +814,23 @@ def _stored_range(q: Any, host: str, wal: bytes,
     return old_frames, old_records
 
 
-def _record_row(host: str, wal: bytes, rec: dict[str, Any], body: bytes,
-                stored: dict[int, bytes]) -> tuple[Any, ...] | None:
-    """The records row to insert, None if the same bytes are stored;
-    ``EvidenceConflict`` if other bytes are."""
-    seq, t = rec["seq"], rec.get("t")
+def _record_rows(host: str, wal: bytes, heads: Heads,
+                 stored: dict[int, bytes]) -> Iterator[tuple[Any, ...]]:
+    """The records rows to insert: those not stored yet (the same bytes
+    stored: skipped; other bytes: ``EvidenceConflict``)."""
+    rows = zip(repeat(host), repeat(wal), heads.seqs, heads.kinds,
+               heads.ts, heads.bodies())
+    if not stored:
+        return rows
+    return (r for r in rows if not _stored_already(r[2], r[5], stored))
+
+
+def _stored_already(seq: int, body: bytes, stored: dict[int, bytes]) -> bool:
     old = stored.get(seq)
-    if old is None:
-        return (host, wal, seq, str(rec.get("kind")),
-                t if isinstance(t, int) else None, body)
-    if old != body:
+    if old is not None and old != body:
         raise EvidenceConflict(f"seq {seq} came back with other bytes than "
                                "stored")
-    return None
+    return old is not None
 
 
 def _record_gap(q: Any, host: str, wal: bytes, a: int, b: int,
@@ -853,31 +872,6 @@ def _host_row(row: Sequence[Any]) -> HostRow:
         if values[key] is not None:
             values[key] = bytes(values[key])
     return HostRow(**values)
-
-
-def encode_record(rec: dict[str, Any]) -> bytes:
-    """A decoded record as msgpack (what the agent's encoder makes of
-    it)."""
-    return msgpack.packb(rec, use_bin_type=True)
-
-
-def record_bodies(records: bytes) -> list[bytes]:
-    """A verified frame's records bytes split into each record's bytes,
-    as signed (cheaper than encoding the decoded records again, and the
-    same bytes for msgpack as the agent writes it); [] if they are not a
-    sequence of whole msgpack objects."""
-    unpacker = msgpack.Unpacker(max_buffer_size=max(len(records), 1))
-    unpacker.feed(records)
-    out, pos = [], 0
-    try:
-        while pos < len(records):
-            unpacker.skip()
-            end = unpacker.tell()
-            out.append(records[pos:end])
-            pos = end
-    except (ValueError, msgpack.UnpackException):
-        return []
-    return out
 
 
 def _update_host(q: Any, host: str, values: dict[str, Any]) -> None:

@@ -22,6 +22,8 @@ from typing import Any, NamedTuple
 
 import msgpack
 
+from vmagent.errors import VmagentError
+from vmagent.ledger import rollup
 from vmagent.ledger.facts import Fold, GenState, HostState, SliceAcc
 from vmagent.ledger.owners import (
     OWNERS_SELECT_SQL,
@@ -42,7 +44,8 @@ _CHUNK = 200  # rows per multi-row statement
 #: PostgreSQL array types of the ledger's columns for ``unnest`` (else text)
 _PG_ARRAYS = {c: "bigint" for c in ("start_ns", "end_ns", "vcpus", "mem",
                                     "samples", "interpolated_ns",
-                                    "clock_step_ns")} | {"quantity": "numeric"}
+                                    "clock_step_ns", "q2", "q1", "q0")} | {
+                                        "quantity": "numeric"}
 
 
 class _Unnest:
@@ -64,53 +67,105 @@ def _writing(store: Any) -> Iterator[Any]:
 
 
 def update(store: Any, host: str, wal: bytes,
-           stored: Sequence[dict[str, Any]] | None = None) -> int:
-    """Fold what ``host`` stored in ``wal`` since the last update; returns
-    how many records were folded.  ``stored``: the decoded records of
-    ``wal`` the caller has just stored, in seq order; folded instead of
-    reading the store again when they are exactly the stored records past
-    the ledger's position (``_as_stored``), else ignored."""
-    with _writing(store) as q:
-        state = _host_state(q, host)
-        row = q("SELECT seq FROM ledger_pos WHERE host = ? AND wal = ?",
-                (host, wal)).fetchone()
+           limit: int | None = None) -> int:
+    """Fold what ``host`` stored in ``wal`` since the last update (at most
+    ``limit`` records, in seq order: the next update takes the rest);
+    returns how many records were folded.
+
+    The records are read and folded outside the write transaction, so that
+    SQLite's one write lock (which the collector's stores need too) and
+    PostgreSQL's row lock are held only while writing: every ledger row the
+    fold read is read again in the write transaction, and if any changed
+    (another fold, a rebuild, an owners import meanwhile) the fold is done
+    again from the new state."""
+    for _ in range(_TRIES):
+        reads = _Reads(store)
+        planned = _plan(store, reads, host, wal, limit)
+        if planned is None:
+            return 0
+        fold, last, n = planned
+        with _writing(store) as q:
+            if not reads.unchanged(q):
+                continue
+            _save(q, host, fold)
+            q("INSERT INTO ledger_pos VALUES (?, ?, ?) ON CONFLICT (host, "
+              "wal) DO UPDATE SET seq = excluded.seq", (host, wal, last))
+            return n
+    raise LedgerBusy(f"the ledger of {host} changed during each of "
+                     f"{_TRIES} folds")
+
+
+_TRIES = 10
+
+
+class LedgerBusy(VmagentError):
+    """A fold kept finding what it read changed (``update``)."""
+
+
+def _plan(store: Any, reads: _Reads, host: str, wal: bytes,
+          limit: int | None) -> tuple[Fold, int, int] | None:
+    """The fold of the records past ``ledger_pos`` (None: there are none),
+    its last seq and how many; what it read is in ``reads``."""
+    with store.transaction() as q:
+        # the row to lock exists: two first folds of a host (two fleet
+        # instances' workers at a lease's hand-over) wait for each other
+        q("INSERT INTO ledger_hosts VALUES (?, ?) ON CONFLICT (host) DO "
+          "NOTHING", (host, "{}"))
+        reads.q = q
+        state = _host_state(reads, host)
+        row = reads("SELECT seq FROM ledger_pos WHERE host = ? AND wal = ?",
+                    (host, wal)).fetchone()
         pos = row[0] if row else 0
-        records = _as_stored(q, host, wal, pos, stored) if stored else None
-        if records is None:
-            rows = q("SELECT seq, body FROM records WHERE host = ? AND "
-                     "wal = ? AND seq > ? ORDER BY seq",
-                     (host, wal, pos)).fetchall()
-            if not rows:
-                return 0
-            records = list(_decode_rows(rows))
-            last, n = rows[-1][0], len(rows)
-        else:
-            last, n = records[-1]["seq"], len(records)
-        keys = _named(state, records)
-        fold = Fold(state, _loader(q, host, keys),
-                    _owner_cuts(q, {u for u, _ in keys}))
-        fold.feed(wal.hex(), records)
-        _save(q, host, fold)
-        q("INSERT INTO ledger_pos VALUES (?, ?, ?) ON CONFLICT (host, wal) "
-          "DO UPDATE SET seq = excluded.seq", (host, wal, last))
-        return n
-
-
-def _as_stored(q: Any, host: str, wal: bytes, pos: int,
-               stored: Sequence[dict[str, Any]]) \
-        -> list[dict[str, Any]] | None:
-    """``stored`` past ``pos`` if they are all the store holds past it:
-    each was stored under its seq (the store keeps one body per seq and
-    refuses other bytes), so the same count and the same last seq mean
-    the same records; None when they do not line up."""
-    mine = [r for r in stored if isinstance(r, dict) and
-            isinstance(r.get("seq"), int) and r["seq"] > pos]
-    seqs = [r["seq"] for r in mine]
-    if not mine or any(a >= b for a, b in zip(seqs, seqs[1:])):
+        rows = q("SELECT seq, body FROM records WHERE host = ? AND wal = ? "
+                 "AND seq > ? ORDER BY seq"  # stored once, never changed
+                 + (f" LIMIT {int(limit)}" if limit is not None else ""),
+                 (host, wal, pos)).fetchall()
+    if not rows:
         return None
-    count, top = q("SELECT count(*), max(seq) FROM records WHERE host = ? "
-                   "AND wal = ? AND seq > ?", (host, wal, pos)).fetchone()
-    return mine if (count, top) == (len(mine), seqs[-1]) else None
+    records = list(_decode_rows(rows))
+    keys = _named(state, records)
+    with store.transaction() as q:
+        reads.q = q
+        fold = Fold(state, _loader(reads, host, keys),
+                    _owner_cuts(reads, {u for u, _ in keys}))
+    reads.q = None  # what the fold looks up now: a transaction each
+    fold.feed(wal.hex(), records)
+    return fold, rows[-1][0], len(rows)
+
+
+class _Reads:
+    """A fold's reads, kept with the rows they gave (``unchanged``), in
+    ``q``'s transaction or, when it is None, each in one of its own."""
+
+    def __init__(self, store: Any) -> None:
+        self.store, self.q = store, None
+        self.seen: list[tuple[str, tuple[Any, ...], list[Any]]] = []
+
+    def __call__(self, sql: str, args: Sequence[Any] = ()) -> _Rows:
+        if self.q is not None:
+            rows = list(self.q(sql, args).fetchall())
+        else:
+            with self.store.transaction() as q:
+                rows = list(q(sql, args).fetchall())
+        self.seen.append((sql, tuple(args), rows))
+        return _Rows(rows)
+
+    def unchanged(self, q: Any) -> bool:
+        """Every read gives the same rows again (the first one locks the
+        host's ``ledger_hosts`` row)."""
+        return all([tuple(r) for r in q(sql, args).fetchall()] ==
+                   [tuple(r) for r in rows] for sql, args, rows in self.seen)
+
+
+class _Rows:
+    def __init__(self, rows: list[Any]) -> None:
+        self.rows = rows
+
+    def fetchall(self) -> list[Any]:
+        return self.rows
+
+    def fetchone(self) -> Any:
+        return self.rows[0] if self.rows else None
 
 
 def retire(store: Any, host: str) -> int:
@@ -251,6 +306,8 @@ def _save(q: Any, host: str, fold: Fold) -> None:
                                         acc.end_ns, acc.vcpus, acc.mem)
         merged.append(_merged(s, acc))
     _write_slices(q, merged)
+    _roll_up(q, host, starts, [*old.values(), *(
+        s for s in merged if (s.uuid, s.gen, s.start_ns) not in old)])
 
 
 def _merged(s: StoredSlice, acc: SliceAcc) -> StoredSlice:
@@ -388,7 +445,8 @@ def _rebuild_host(q: Any, host: str) -> None:
     the host meanwhile waits and continues from the rebuilt state."""
     _host_state(q, host)  # the lock (PostgreSQL; SQLite: the write lock)
     for table in ("ledger_pos", "ledger_gens", "ledger_slices",
-                  "ledger_quantities"):
+                  "ledger_quantities", "ledger_rollup",
+                  "ledger_rollup_pending"):
         q(f"DELETE FROM {table} WHERE host = ?", (host,))
     index = OwnerIndex(_owner_rows(q))
     fold = Fold(HostState(), lambda *_: None, index.cuts)
@@ -416,15 +474,17 @@ def _wals(q: Any, host: str) -> list[bytes]:
 
 
 def follow(store: Any, host: str, wal: bytes,
-           stored: Sequence[dict[str, Any]] | None = None) -> None:
-    """``update`` after a batch was stored (collector/ingest.py).  The
-    evidence is stored either way: a failure is logged and the next batch
-    folds what this one could not (``ledger_pos``)."""
+           limit: int | None = None) -> int:
+    """``update`` after evidence was stored (collector/ingest.py, the
+    ledger worker collector/folder.py); how many records it folded.  The
+    evidence is stored either way: a failure is logged (-1) and the next
+    fold takes what this one could not (``ledger_pos``)."""
     try:
-        update(store, host, wal, stored)
+        return update(store, host, wal, limit)
     except Exception as err:  # noqa: BLE001 - the evidence is safe
         get_logger().warning("ledger_update_failed", host=host,
                              error=f"{type(err).__name__}: {err}")
+        return -1
 
 
 # --- owners -------------------------------------------------------------
@@ -481,6 +541,9 @@ def import_owners(store: Any, rows: list[OwnerRow]) -> Imported:
                 ran.setdefault(host, set()).add(uuid)
         for host, vms in sorted(ran.items()):
             _rederive(q, host, vms)
+        # the others' cuts stand: only the accounts of their slices change
+        since = min((r.from_ns for r in rows), default=0)
+        _recompute_vms(q, [u for u in uuids if u not in moved], since)
     cut = len({u.lower() for vms in ran.values() for u in vms})
     get_logger().info("owners_imported", rows=len(rows), vms=len(uuids),
                       rederived=cut, hosts=sorted(ran))
@@ -510,6 +573,9 @@ def _rederive(q: Any, host: str, uuids: set[str]) -> None:
             fold.feed(wal.hex(), [r for r in recs if r is not None
                                   and _int_seq(r) <= limit])
     marks = _marks(sorted(uuids))
+    starts = {r[0] for r in q(
+        f"SELECT DISTINCT start_ns FROM ledger_slices WHERE host = ? AND "
+        f"uuid IN ({marks})", (host, *sorted(uuids))).fetchall()}
     for table in ("ledger_slices", "ledger_quantities"):
         q(f"DELETE FROM {table} WHERE host = ? AND uuid IN ({marks})",
           (host, *sorted(uuids)))
@@ -519,6 +585,7 @@ def _rederive(q: Any, host: str, uuids: set[str]) -> None:
     _write_slices(q, [
         _merged(StoredSlice(host, u, g, a, acc.end_ns, acc.vcpus, acc.mem),
                 acc) for (u, g, a), acc in sorted(fold.slices.items())])
+    _recompute(q, host, starts | {a for _, _, a in fold.slices})
 
 
 def _only(rec: Any, uuids: set[str]) -> dict[str, Any] | None:
@@ -539,3 +606,111 @@ def _only(rec: Any, uuids: set[str]) -> dict[str, Any] | None:
 def _int_seq(rec: dict[str, Any]) -> int:
     seq = rec.get("seq")
     return seq if isinstance(seq, int) else 0
+
+
+# --- the roll-up (ledger/rollup.py) -------------------------------------
+
+_JOINED = ("SELECT s.host, s.uuid, s.start_ns, x.meter, x.quantity FROM "
+           "ledger_slices s JOIN ledger_quantities x ON x.host = s.host AND "
+           "x.uuid = s.uuid AND x.gen = s.gen AND x.start_ns = s.start_ns")
+_WINDOW_NS = 86400 * 10**9  # how much of the fleet a pending fill reads
+
+
+def _owner_index(q: Any, uuids: set[str]) -> OwnerIndex:
+    """The owner rows of ``uuids`` only."""
+    wanted = sorted({u.lower() for u in uuids})
+    found: list[OwnerRow] = []
+    for i in range(0, len(wanted), _CHUNK):
+        part = wanted[i:i + _CHUNK]
+        found += [OwnerRow(*r) for r in q(
+            "SELECT vm_uuid, from_ns, account, project FROM owners WHERE "
+            f"vm_uuid IN ({_marks(part)})", tuple(part)).fetchall()]
+    return OwnerIndex(found)
+
+
+def _roll_up(q: Any, host: str, starts: Sequence[int],
+             slices: list[StoredSlice]) -> None:
+    """The roll-up rows of ``host`` at ``starts`` from ``slices``: all of
+    the host's slices there."""
+    acc = rollup.Accumulator(_owner_index(q, {s.uuid for s in slices}))
+    for s in slices:
+        for (meter, _), v in s.quantities.items():
+            acc.add(host, s.uuid, s.start_ns, meter, v)
+    _replace_rollup(q, host, starts, acc)
+
+
+def _replace_rollup(q: Any, host: str, starts: Sequence[int],
+                    acc: rollup.Accumulator) -> None:
+    for i in range(0, len(starts), _CHUNK):
+        part = starts[i:i + _CHUNK]
+        q(f"DELETE FROM ledger_rollup WHERE host = ? AND start_ns IN "
+          f"({_marks(part)})", (host, *part))
+    _upsert(q, "ledger_rollup", rollup.COLUMNS, rollup.KEY, acc.rows())
+
+
+def _recompute(q: Any, host: str, starts: set[int]) -> None:
+    """The roll-up rows of ``host`` at ``starts`` from the stored slices."""
+    ordered = sorted(starts)
+    for i in range(0, len(ordered), _CHUNK):
+        part = ordered[i:i + _CHUNK]
+        rows = q(f"{_JOINED} WHERE s.host = ? AND s.start_ns IN "
+                 f"({_marks(part)})", (host, *part)).fetchall()
+        acc = rollup.Accumulator(_owner_index(q, {r[1] for r in rows}))
+        acc.add_all(rows)
+        _replace_rollup(q, host, part, acc)
+
+
+def _recompute_vms(q: Any, uuids: list[str], since: int) -> None:
+    """The roll-up rows wherever ``uuids`` have slices from ``since``."""
+    at: dict[str, set[int]] = {}
+    for i in range(0, len(uuids), _CHUNK):
+        part = uuids[i:i + _CHUNK]
+        for host, start in q(
+                "SELECT DISTINCT host, start_ns FROM ledger_slices WHERE "
+                f"lower(uuid) IN ({_marks(part)}) AND start_ns >= ?",
+                (*part, since)).fetchall():
+            at.setdefault(host, set()).add(start)
+    for host, starts in sorted(at.items()):
+        _recompute(q, host, starts)
+
+
+def roll_up_pending(store: Any) -> list[str]:
+    """Compute the roll-up of the hosts whose slices were stored before it
+    existed (``ledger_rollup_pending``), a day of base slices at a time, in
+    one transaction with their ``ledger_hosts`` rows locked; returns the
+    hosts.  A no-op once done: reports call it before reading."""
+    with store.transaction() as q:
+        if q("SELECT 1 FROM ledger_rollup_pending LIMIT 1").fetchone() \
+                is None:
+            return []
+    with _writing(store) as q:
+        hosts = [r[0] for r in q("SELECT host FROM ledger_rollup_pending "
+                                 "ORDER BY host").fetchall()]
+        for host in hosts:
+            _host_state(q, host)  # the lock, as _rebuild_host takes it
+            q("DELETE FROM ledger_rollup WHERE host = ?", (host,))
+        lo, hi = q("SELECT min(start_ns), max(start_ns) FROM ledger_slices "
+                   "WHERE host IN (SELECT host FROM ledger_rollup_pending)"
+                   ).fetchone()
+        index = OwnerIndex(_owner_rows(q))
+        for a in range(lo or 0, (hi or -1) + 1, _WINDOW_NS):
+            acc = rollup.Accumulator(index)
+            acc.add_all(q(f"{_JOINED} WHERE s.start_ns >= ? AND s.start_ns "
+                          "< ? AND s.host IN (SELECT host FROM "
+                          "ledger_rollup_pending)", (a, a + _WINDOW_NS)))
+            _upsert(q, "ledger_rollup", rollup.COLUMNS, rollup.KEY,
+                    acc.rows())
+        q("DELETE FROM ledger_rollup_pending")
+    get_logger().info("ledger_rollup_filled", hosts=hosts)
+    return hosts
+
+
+def gen_spans(store: Any, start_ns: int, end_ns: int) \
+        -> list[tuple[str, str, str, int, int]]:
+    """(host, uuid, gen, start, end) of the gens ``gens`` gives for the
+    range, without their states."""
+    with store.transaction() as q:
+        return [tuple(r) for r in q(
+            "SELECT host, uuid, gen, start_ns, end_ns FROM ledger_gens WHERE "
+            "start_ns < ? AND end_ns >= ? ORDER BY start_ns, host, uuid, gen",
+            (end_ns, start_ns)).fetchall()]

@@ -148,14 +148,17 @@ def _print(rows: list[dict[str, Any]], args: argparse.Namespace,
 def cmd_usage(args: argparse.Namespace) -> int:
     s, e = _span(args)
     store = _store(args)
+    columns: tuple[str, ...] = USAGE_COLUMNS
     try:
-        rows = _records(store, s, e, args, args.vm, args.host, args.account)
+        if args.group_by:  # the sums of what _records gives, read grouped
+            rows = close.grouped(store, s, e, args.group_by, args.period,
+                                 args.tz, args.vm, args.host, args.account)
+            columns = (args.group_by, "period", "meter", "quantity")
+        else:
+            rows = _records(store, s, e, args, args.vm, args.host,
+                            args.account)
     finally:
         store.close()
-    columns: tuple[str, ...] = USAGE_COLUMNS
-    if args.group_by:
-        rows = report.group(rows, args.group_by)
-        columns = (args.group_by, "period", "meter", "quantity")
     _print(rows, args, columns, "usage")
     return 0
 

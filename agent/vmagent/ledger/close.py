@@ -441,16 +441,55 @@ def usage(store: Any, start_ns: int, end_ns: int, grain: str = "month",
     """``report.usage`` with closed periods as they were billed: their
     final records instead of the slices, and the corrections that landed
     in the range's periods."""
+    spans = _closed_spans(store, start_ns, end_ns, grain, tz)
+    closed = {r[0] for r in spans}
+    rows = [r for a, b in _open_runs(start_ns, end_ns, spans)
+            for r in report.usage(store, a, b, grain, tz, vm, host)]
+    out = [r for r in rows if r["period"] not in closed]
+    out += _billed(store, start_ns, end_ns, grain, tz, closed, vm, host)
+    out.sort(key=lambda r: (r["period_start"], r["start"], r["host"],
+                            r["vm"]["uuid"], r["gen"], r["meter"],
+                            r.get("nic", ""), r.get("disk", ""),
+                            r["status"], r["id"]))
+    return out
+
+
+def grouped(store: Any, start_ns: int, end_ns: int, by: str,
+            grain: str = "month", tz: str = "UTC", vm: str | None = None,
+            host: str | None = None,
+            account: str | None = None) -> list[dict[str, Any]]:
+    """``usage --group-by``: exactly ``report.group`` of ``usage``'s
+    records (of ``account`` if given), with the open stretches' whole
+    periods summed from the roll-up (``report.add_open``)."""
+    groups = report.Groups(by)
+    spans = _closed_spans(store, start_ns, end_ns, grain, tz)
+    closed = frozenset(r[0] for r in spans)
+    for a, b in _open_runs(start_ns, end_ns, spans):
+        report.add_open(groups, store, a, b, grain, tz, vm, host, account,
+                        closed)
+    groups.add_records(report.of_account(_billed(
+        store, start_ns, end_ns, grain, tz, closed, vm, host), account))
+    return groups.rows()
+
+
+def _closed_spans(store: Any, start_ns: int, end_ns: int, grain: str,
+                  tz: str) -> list[Any]:
+    """(key, start, end) of the closed periods the range touches."""
     if end_ns <= start_ns:
         raise report.ReportError("the end must be after the start")
     lo = period_of(start_ns, grain, tz).start_ns
     with store.transaction() as q:
-        spans = q("SELECT period, start_ns, end_ns FROM ledger_periods WHERE "
-                  "grain = ? AND tz = ? AND end_ns > ? AND start_ns < ? "
-                  "ORDER BY start_ns", (grain, tz, lo, end_ns)).fetchall()
-    closed = {r[0] for r in spans}
-    rows = [r for a, b in _open_runs(start_ns, end_ns, spans)
-            for r in report.usage(store, a, b, grain, tz, vm, host)]
+        return q("SELECT period, start_ns, end_ns FROM ledger_periods WHERE "
+                 "grain = ? AND tz = ? AND end_ns > ? AND start_ns < ? "
+                 "ORDER BY start_ns", (grain, tz, lo, end_ns)).fetchall()
+
+
+def _billed(store: Any, start_ns: int, end_ns: int, grain: str, tz: str,
+            closed: Any, vm: str | None,
+            host: str | None) -> list[dict[str, Any]]:
+    """The final records of the ``closed`` periods starting in the range
+    and the corrections that landed in its periods (of ``vm``, ``host``)."""
+    lo = period_of(start_ns, grain, tz).start_ns
     with store.transaction() as q:
         extra = [json.loads(r[0]) for r in q(
             "SELECT record FROM ledger_final WHERE grain = ? AND tz = ? AND "
@@ -462,14 +501,8 @@ def usage(store: Any, start_ns: int, end_ns: int, grain: str = "month",
             "SELECT record FROM ledger_corrections WHERE grain = ? AND "
             "tz = ? AND period_start_ns >= ? AND period_start_ns < ?",
             (grain, tz, lo, end_ns)).fetchall()]
-    out = [r for r in rows if r["period"] not in closed]
-    out += [r for r in extra if (vm is None or r["vm"]["uuid"] == vm)
+    return [r for r in extra if (vm is None or r["vm"]["uuid"] == vm)
             and (host is None or r["host"] == host)]
-    out.sort(key=lambda r: (r["period_start"], r["start"], r["host"],
-                            r["vm"]["uuid"], r["gen"], r["meter"],
-                            r.get("nic", ""), r.get("disk", ""),
-                            r["status"], r["id"]))
-    return out
 
 
 def _open_runs(start_ns: int, end_ns: int,

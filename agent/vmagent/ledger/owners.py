@@ -24,6 +24,8 @@ from vmagent.errors import VmagentError
 from vmagent.ledger.exact import ExactError, parse_rfc3339_ns
 
 COLUMNS = ("vm_uuid", "account", "project", "from")
+#: The account of unowned VMs in reports (``--account``, ``--group-by``).
+UNOWNED = "-"
 
 # The store's table (migration 6 of collector/store.py), in the migrations'
 # dialect: {int} is a 64-bit integer on both stores, parameters are "?".

@@ -8,15 +8,18 @@ import csv
 import io
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
 from vmagent.errors import VmagentError
-from vmagent.ledger import book
+from vmagent.ledger import book, rollup
 from vmagent.ledger.facts import GenState
-from vmagent.ledger.periods import NS, period_of, zone
+from vmagent.ledger.owners import UNOWNED
+from vmagent.ledger.periods import NS, Period, period_of, zone
 from vmagent.ledger.records import (
+    UNITS,
     Owner,
     StoredSlice,
     canonical,
@@ -24,10 +27,11 @@ from vmagent.ledger.records import (
     records_of,
     rfc3339,
 )
+from vmagent.ledger.records import _kept_rfc3339 as kept_rfc3339
+from vmagent.ledger.records import period_of as kept_period_of
+from vmagent.ledger.rollup import MAX_METER
 
 GROUPS = ("vm", "account", "host")
-#: The account of unowned VMs in ``--account`` and ``--group-by account``.
-UNOWNED = "-"
 HISTORY_METERS = ("cpu_ns", "net_rx_bytes", "net_tx_bytes", "io_rd_bytes",
                   "io_wr_bytes", "mem_rss_max_bytes")
 
@@ -119,9 +123,21 @@ def union_time(parts: list[StoredSlice],
     time-based meters: where an earlier gen (by start, then host and gen)
     already runs, a later one's running time, vCPU-ns and byte-ns are
     taken out and reported as ``overlap_ns``.  Counters add up."""
+    covered = overlaps((h, g.uuid, g.gen, g.start_ns, g.end_ns)
+                       for h, g in gens)
+    for s in parts:
+        if (s.host, s.uuid, s.gen) in covered:
+            _take_out(s, _union_overlap(covered[(s.host, s.uuid, s.gen)],
+                                        s.start_ns, s.end_ns))
+
+
+def overlaps(spans: Iterable[tuple[str, str, str, int, int]]) \
+        -> dict[tuple[str, str, str], list[tuple[int, int]]]:
+    """(host, uuid, gen) -> the spans of earlier gens of the VM that it
+    overlaps, from (host, uuid, gen, start, end) of gens."""
     runs: dict[str, list[tuple[int, str, str, int]]] = {}
-    for h, g in gens:
-        runs.setdefault(g.uuid, []).append((g.start_ns, h, g.gen, g.end_ns))
+    for h, uuid, gen, a, b in spans:
+        runs.setdefault(uuid, []).append((a, h, gen, b))
     covered: dict[tuple[str, str, str], list[tuple[int, int]]] = {}
     for uuid, items in runs.items():
         items.sort()
@@ -130,10 +146,7 @@ def union_time(parts: list[StoredSlice],
                      if a2 < b and b2 > a]
             if cover:
                 covered[(h, uuid, gen)] = cover
-    for s in parts:
-        if (s.host, s.uuid, s.gen) in covered:
-            _take_out(s, _union_overlap(covered[(s.host, s.uuid, s.gen)],
-                                        s.start_ns, s.end_ns))
+    return covered
 
 
 def _union_overlap(cover: list[tuple[int, int]], a: int, b: int) -> int:
@@ -161,24 +174,126 @@ def _take_out(s: StoredSlice, ns: int) -> None:
 def group(records: list[dict[str, Any]], by: str) -> list[dict[str, Any]]:
     """Sums per (key, period, meter) over gens and devices; a maximum for
     ``mem_rss_max_bytes``.  Unowned VMs group under account ``UNOWNED``."""
-    if by not in GROUPS:
-        raise ReportError(f"unknown --group-by {by!r}; expected one of "
-                          f"{', '.join(GROUPS)}")
-    sums: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for r in records:
-        k = r["vm"]["uuid"] if by == "vm" else \
-            (r["account"] or UNOWNED) if by == "account" else r["host"]
-        row = sums.setdefault((k, r["period"], r["meter"]), {
-            by: k, "period": r["period"], "period_start": r["period_start"],
-            "period_end": r["period_end"], "meter": r["meter"],
-            "unit": r["unit"], "quantity": 0})
-        q = int(r["quantity"])
+    groups = Groups(by)
+    groups.add_records(records)
+    return groups.rows()
+
+
+class Groups:
+    """``group``'s sums, fed records or partial sums (the roll-up's): a
+    row per (key, period, meter) from 0 (a maximum from 0 for
+    ``MAX_METER``), its period bounds and unit from the first feed."""
+
+    def __init__(self, by: str) -> None:
+        if by not in GROUPS:
+            raise ReportError(f"unknown --group-by {by!r}; expected one of "
+                              f"{', '.join(GROUPS)}")
+        self.by = by
+        self.sums: dict[tuple[str, str, str], dict[str, Any]] = {}
+
+    def add(self, k: str, period: str, period_start: str, period_end: str,
+            meter: str, unit: str, q: int) -> None:
+        row = self.sums.get((k, period, meter))
+        if row is None:
+            row = self.sums[(k, period, meter)] = {
+                self.by: k, "period": period, "period_start": period_start,
+                "period_end": period_end, "meter": meter, "unit": unit,
+                "quantity": 0}
         row["quantity"] = max(row["quantity"], q) \
-            if r["meter"] == "mem_rss_max_bytes" else row["quantity"] + q
-    out = [dict(row, quantity=str(row["quantity"])) for _, row in
-           sorted(sums.items(), key=lambda kv: (kv[1]["period_start"],
-                                                kv[0]))]
+            if meter == MAX_METER else row["quantity"] + q
+
+    def add_records(self, records: Iterable[dict[str, Any]]) -> None:
+        by = self.by
+        for r in records:
+            k = r["vm"]["uuid"] if by == "vm" else \
+                (r["account"] or UNOWNED) if by == "account" else r["host"]
+            self.add(k, r["period"], r["period_start"], r["period_end"],
+                     r["meter"], r["unit"], int(r["quantity"]))
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [dict(row, quantity=str(row["quantity"])) for _, row in
+                sorted(self.sums.items(),
+                       key=lambda kv: (kv[1]["period_start"], kv[0]))]
+
+
+def add_open(groups: Groups, store: Any, start_ns: int, end_ns: int,
+             grain: str, tz: str, vm: str | None = None,
+             host: str | None = None, account: str | None = None,
+             closed: frozenset[str] = frozenset()) -> None:
+    """Feed ``groups`` what ``group(of_account(usage(...)))`` sums over
+    ``[start_ns, end_ns)`` (without the ``closed`` periods): the whole
+    periods from the roll-up (``rolled_up``); a period cut by a bound of
+    the range, a VM's records (``vm``) and ``--group-by vm`` from the
+    records themselves."""
+    whole = [] if vm is not None or groups.by == "vm" else \
+        whole_periods(start_ns, end_ns, grain, tz)
+    head = whole[0].start_ns if whole else end_ns
+    tail = whole[-1].end_ns if whole else end_ns
+    for a, b in ((start_ns, head), (tail, end_ns)):
+        if b > a:
+            groups.add_records(r for r in of_account(
+                usage(store, a, b, grain, tz, vm, host), account)
+                if r["period"] not in closed)
+    if whole:
+        rolled_up(groups, store, whole, host, account, closed)
+
+
+def whole_periods(start_ns: int, end_ns: int, grain: str,
+                  tz: str) -> list[Period]:
+    """The consecutive periods that lie wholly in ``[start_ns, end_ns)``
+    ([] if they do not follow each other without a gap)."""
+    p = kept_period_of(start_ns, grain, tz)
+    if p.start_ns != start_ns:
+        p = kept_period_of(p.end_ns, grain, tz)
+    out: list[Period] = []
+    while p.end_ns <= end_ns:
+        if out and out[-1].end_ns != p.start_ns:
+            return []
+        out.append(p)
+        p = kept_period_of(p.end_ns, grain, tz)
     return out
+
+
+def rolled_up(groups: Groups, store: Any, periods: list[Period],
+              host: str | None = None, account: str | None = None,
+              closed: frozenset[str] = frozenset()) -> None:
+    """Whole ``periods`` from the roll-up: its sums per period, less what
+    ``union_time`` takes out of overlapping gens' slices (read one by one:
+    live migrations are few)."""
+    book.roll_up_pending(store)
+    p0 = periods[0]
+    start_ns, end_ns = p0.start_ns, periods[-1].end_ns
+    with store.transaction() as q:
+        sums = rollup.sums(q, [(p.start_ns, p.end_ns) for p in periods],
+                           groups.by, host, account,
+                           getattr(store, "name", "") == "postgresql")
+    bounds = [(kept_rfc3339(p.start_ns), kept_rfc3339(p.end_ns))
+              for p in periods]
+    for (i, k, meter), v in sums.items():
+        if periods[i].key not in closed:
+            groups.add(k, periods[i].key, *bounds[i], meter,
+                       UNITS.get(meter, ""), v)
+    covered = overlaps(book.gen_spans(store, start_ns, end_ns))
+    owners = book.owners(store) if covered else None
+    for (h, uuid, gen), cover in sorted(covered.items()):
+        if host is not None and h != host:
+            continue
+        for s in book.slices(store, start_ns, end_ns, uuid, h):
+            p = kept_period_of(s.start_ns, p0.grain, p0.tz)
+            row = owners.at(s.uuid, s.start_ns) if owners else None
+            owner = (row.account if row else None) or UNOWNED
+            if s.gen != gen or p.key in closed or account not in (None,
+                                                                  owner):
+                continue
+            k = h if groups.by == "host" else owner
+            before = dict(s.quantities)
+            _take_out(s, _union_overlap(cover, s.start_ns, s.end_ns))
+            for (meter, dev), v in sorted(s.quantities.items()):
+                if v != before[(meter, dev)]:
+                    groups.add(k, p.key, kept_rfc3339(p.start_ns),
+                               kept_rfc3339(p.end_ns), meter,
+                               UNITS.get(meter, ""),
+                               v - before[(meter, dev)])
 
 
 def history(store: Any, start_ns: int | None = None,

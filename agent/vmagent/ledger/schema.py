@@ -1,4 +1,4 @@
-"""The ledger's tables: migration 5 of the collector's store
+"""The ledger's tables: migrations 5 and 8 of the collector's store
 (docs/usage.md).  ``{num}`` is an exact decimal: TEXT on SQLite (its
 numbers are 64-bit), ``numeric`` on PostgreSQL; the book reads and writes
 it as a decimal string."""
@@ -29,4 +29,17 @@ LEDGER_SCHEMA = """
     CREATE TABLE ledger_rebuilds (
         at {real} NOT NULL, start_ns {int} NOT NULL, end_ns {int} NOT NULL,
         reason TEXT NOT NULL, changed {int} NOT NULL)
+"""
+
+#: Migration 8: the roll-up (ledger/rollup.py).  Hosts with slices stored
+#: before it are pending: the first grouped report computes their rows
+#: (``book.roll_up_pending``).
+ROLLUP_SCHEMA = """
+    CREATE TABLE ledger_rollup (
+        host TEXT NOT NULL, start_ns {int} NOT NULL, account TEXT NOT NULL,
+        meter TEXT NOT NULL, quantity {num} NOT NULL, q2 {int}, q1 {int},
+        q0 {int}, PRIMARY KEY (host, start_ns, account, meter));
+    CREATE INDEX ledger_rollup_start ON ledger_rollup (start_ns);
+    CREATE TABLE ledger_rollup_pending (host TEXT PRIMARY KEY);
+    INSERT INTO ledger_rollup_pending SELECT DISTINCT host FROM ledger_slices
 """

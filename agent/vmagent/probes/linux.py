@@ -61,18 +61,37 @@ STARTUP_GRACE_S = 5.0
 #: A VM whose vCPU threads are not all there is looked at again meanwhile.
 LAYOUT_GRACE_S = 60.0
 
+# where the items are in a flat reading (vmprobe_vm_read_flat)
+_UTIME, _STIME = lib.VMPROBE_FLAT_UTIME, lib.VMPROBE_FLAT_STIME
+_HAS_GUEST, _GUEST = (lib.VMPROBE_FLAT_HAS_GUEST_TIME,
+                      lib.VMPROBE_FLAT_GUEST_TIME)
+_STARTTIME, _RSS_PAGES = lib.VMPROBE_FLAT_STARTTIME, lib.VMPROBE_FLAT_RSS_PAGES
+_HAS_VM_RSS, _VM_RSS_KB = (lib.VMPROBE_FLAT_HAS_VM_RSS,
+                           lib.VMPROBE_FLAT_VM_RSS_KB)
+_HAS_HUGETLB, _HUGETLB_KB = (lib.VMPROBE_FLAT_HAS_HUGETLB,
+                             lib.VMPROBE_FLAT_HUGETLB_KB)
+_HAS_STORAGE = lib.VMPROBE_FLAT_HAS_STORAGE
+_READ_BYTES, _WRITE_BYTES = (lib.VMPROBE_FLAT_READ_BYTES,
+                             lib.VMPROBE_FLAT_WRITE_BYTES)
+_FIXED, _THREAD = lib.VMPROBE_FLAT_FIXED, lib.VMPROBE_FLAT_THREAD
+_DISK, _U64 = lib.VMPROBE_FLAT_DISK, lib.VMPROBE_FLAT_U64
+
 _VHOST_KTHREAD = re.compile(r"vhost-(\d+)")
 _QCOW2_MAGIC = b"QFI\xfb"
 
 
 @dataclass
 class _Metered:
-    """A VM with its native handle and the reading struct it fills."""
+    """A VM with its native handle, the reading struct it fills, the flat
+    copy of it (``flat``, as numbers in ``values``) and its ``_Plan``."""
 
     vm: VM
     handle: Any
     reading: Any
+    flat: Any
+    plan: _Plan
     arrays: list[Any] = field(default_factory=list)  # keep cdata alive
+    values: list[int] = field(default_factory=list)  # the last reading
     stale: bool = False  # an item failed: look at the layout again
     kvm_names: tuple[str, ...] = ()  # the reading's u64 items
     stats_files: list[kvmstats.StatsFile] = field(default_factory=list)
@@ -227,11 +246,13 @@ class Prober(ProberBase["_Metered"]):
         for pid, m in list(self._metered.items()):
             try:
                 m.reading.read_debugfs, m.debugfs_due = m.debugfs_due, False
-                if lib.vmprobe_vm_read(m.handle, m.reading) != 0:
+                if lib.vmprobe_vm_read_flat(m.handle, m.reading,
+                                            m.flat) != 0:
                     self._forget(pid)
                     sweep.gone.append(m.vm)
                     continue
-                if m.reading.stat.starttime != m.vm.start_mark:
+                m.values = ffi.unpack(m.flat, len(m.flat))
+                if m.values[_STARTTIME] != m.vm.start_mark:
                     self._forget(pid)  # the pid names another process now
                     sweep.gone.append(m.vm)
                     continue
@@ -498,7 +519,9 @@ class Prober(ProberBase["_Metered"]):
             ffi.new("struct vmprobe_u64[]", max(len(kvm_names), 1)),
         ]
         reading.threads, reading.disks, reading.u64s = arrays
-        self._metered[vm.pid] = _Metered(vm, handle, reading, arrays,
+        flat = ffi.new("uint64_t[]", lib.vmprobe_vm_flat_len(handle))
+        self._metered[vm.pid] = _Metered(vm, handle, reading, flat,
+                                         _Plan.of(vm, kvm_names), arrays,
                                          kvm_names=kvm_names,
                                          stats_files=files,
                                          signature=signature)
@@ -523,96 +546,114 @@ class Prober(ProberBase["_Metered"]):
         m.close()
         self._seen.discard(pid)  # a new process with this pid gets examined
 
-    def _record(self, m: _Metered,
-                taps: dict[str, dict[str, int]]) -> Sample:
-        """The reading as a ``sample`` record body (docs/records.md)."""
-        vm, r = m.vm, m.reading
-        st = r.stat
-        cpu: dict[str, Any] = {
-            "total_ns": (st.utime + st.stime) * NS_PER_TICK,
-            "user_ns": st.utime * NS_PER_TICK,
-            "system_ns": st.stime * NS_PER_TICK,
-        }
-        if st.has_guest_time:
-            cpu["guest_ns"] = st.guest_time * NS_PER_TICK
-        n_vcpu = len(vm.vcpu_threads)
-        if vm.vhost_pids:
-            vhost = [r.threads[n_vcpu + i] for i in range(len(vm.vhost_pids))]
-            cpu["vhost_ns"] = sum(t.sched.run_ns for t in vhost if t.err == 0)
-            m.stale |= any(t.err for t in vhost)
-        if n_vcpu:
-            cpu["vcpus"] = []
-            for i, t in enumerate(vm.vcpu_threads):
-                th = r.threads[i]
-                if th.err:
+    @staticmethod
+    def _record(m: _Metered, taps: dict[str, dict[str, int]]) -> Sample:
+        """The reading as a ``sample`` record body (docs/records.md), from
+        the flat reading ``m.values`` and the VM's ``_Plan``."""
+        v, plan = m.values, m.plan
+        utime, stime = v[_UTIME] * NS_PER_TICK, v[_STIME] * NS_PER_TICK
+        cpu: dict[str, Any] = {"total_ns": utime + stime,
+                               "user_ns": utime, "system_ns": stime}
+        if v[_HAS_GUEST]:
+            cpu["guest_ns"] = v[_GUEST] * NS_PER_TICK
+        if plan.vhosts:
+            cpu["vhost_ns"] = sum(v[i + 1] for i in plan.vhosts if not v[i])
+            m.stale |= any(v[i] for i in plan.vhosts)
+        if plan.vcpus:
+            cpu["vcpus"] = vcpus = []
+            for i, vcpu_id in plan.vcpus:
+                if v[i]:
                     m.stale = True
                     continue
-                cpu["vcpus"].append({"id": t.id, "run_ns": th.sched.run_ns,
-                                     "wait_ns": th.sched.wait_ns})
+                vcpus.append({"id": vcpu_id, "run_ns": v[i + 1],
+                              "wait_ns": v[i + 2]})
         # VmRSS, not stat's rss field: task_mem() sums the per-CPU mm
         # counters exactly, stat reads them approximately (seen here: a few
         # pages apart for a stopped process on 6.18).
-        status = r.status if r.status_err == 0 else None
-        if status is not None and status.has_vm_rss:
-            mem = {"rss_bytes": status.vm_rss_kb * 1024}
-        else:
-            mem = {"rss_bytes": st.rss_pages * PAGE_SIZE}
-        if vm.alloc_bytes is not None:
-            mem["alloc_bytes"] = vm.alloc_bytes
-        if status is not None and status.has_hugetlb:
-            mem["hugetlb_bytes"] = status.hugetlb_kb * 1024
-        io = {}
-        if r.io_err == 0 and (pio := r.io).has_storage:
-            io = {"rd_bytes": pio.read_bytes, "wr_bytes": pio.write_bytes}
-        out: Sample = {"vm": vm.record(), "cpu": cpu, "mem": mem,
-                       "nics": self._nic_records(m, taps), "io": io,
-                       "disks": self._disk_records(m)}
+        mem = {"rss_bytes": v[_VM_RSS_KB] * 1024 if v[_HAS_VM_RSS]
+               else v[_RSS_PAGES] * PAGE_SIZE}
+        if plan.alloc_bytes is not None:
+            mem["alloc_bytes"] = plan.alloc_bytes
+        if v[_HAS_HUGETLB]:
+            mem["hugetlb_bytes"] = v[_HUGETLB_KB] * 1024
+        io = {"rd_bytes": v[_READ_BYTES], "wr_bytes": v[_WRITE_BYTES]} \
+            if v[_HAS_STORAGE] else {}
+        out: Sample = {"vm": plan.vm, "cpu": cpu, "mem": mem,
+                       "nics": _nic_records(m, taps), "io": io,
+                       "disks": _disk_records(m)}
         # debugfs items read at (re)open only (err EAGAIN otherwise): a value
         # in a record is always one read at its t (docs/records.md)
-        kvm = {name: r.u64s[i].value for i, name in
-               enumerate(m.kvm_names) if r.u64s[i].err == 0}
+        kvm = {name: v[i + 1] for i, name in plan.kvm if not v[i]}
         if kvm:
             out["kvm"] = kvm
         return out
 
-    @staticmethod
-    def _nic_records(m: _Metered, taps: dict[str, dict[str, int]],
-                     ) -> list[dict[str, Any]]:
-        """Tap counters in the guest's view (``tap_guest_view``)."""
-        out = []
-        for nic in m.vm.nics:
-            c = taps.get(nic.name)
-            if c is None:  # gone or renamed: look at the layout again
-                m.stale = True
-                continue
-            rec: dict[str, Any] = {"name": nic.name}
-            if nic.mac:
-                rec["mac"] = nic.mac
-            rec.update(tap_guest_view(c))
-            out.append(rec)
-        return out
 
-    @staticmethod
-    def _disk_records(m: _Metered) -> list[dict[str, Any]]:
-        out = []
-        for i, disk in enumerate(m.vm.disks):
-            d = m.reading.disks[i]
-            if d.err:
-                m.stale = True
-                continue
-            rec: dict[str, Any] = {"path": disk.path}
-            if disk.block_device is None:
-                rec["capacity_bytes"] = disk.capacity_bytes \
-                    if disk.capacity_bytes is not None else d.size_bytes
-                rec["allocated_bytes"] = d.alloc_bytes
-            elif disk.capacity_bytes is not None:
-                rec["capacity_bytes"] = disk.capacity_bytes
-            if d.has_blk:
-                rec.update(rd_bytes=d.rd_sectors * SECTOR,
-                           wr_bytes=d.wr_sectors * SECTOR,
-                           rd_ops=d.rd_ios, wr_ops=d.wr_ios)
-            out.append(rec)
-        return out
+@dataclass(frozen=True)
+class _Plan:
+    """What a VM's sample records take from its layout, worked out once
+    per open of its files: the ``vm`` map (the same object in every record;
+    records are never changed once built) and where each item's values are
+    in the flat reading (``vmprobe_vm_read_flat``)."""
+
+    vm: dict[str, Any]
+    vcpus: tuple[tuple[int, int], ...]  # (offset, vCPU id)
+    vhosts: tuple[int, ...]  # offsets
+    alloc_bytes: int | None
+    nics: tuple[tuple[str, dict[str, str]], ...]  # (tap, name and mac)
+    disks: tuple[tuple[int, Disk], ...]  # (offset, disk)
+    kvm: tuple[tuple[int, str], ...]  # (offset, name)
+
+    @classmethod
+    def of(cls, vm: VM, kvm_names: Sequence[str]) -> _Plan:
+        at = _FIXED
+        vcpus = []
+        for t in vm.vcpu_threads:
+            vcpus.append((at, t.id))
+            at += _THREAD
+        vhosts = tuple(at + _THREAD * i for i in range(len(vm.vhost_pids)))
+        at += _THREAD * len(vm.vhost_pids)
+        disks = tuple((at + _DISK * i, d) for i, d in enumerate(vm.disks))
+        at += _DISK * len(vm.disks)
+        kvm = tuple((at + _U64 * i, n) for i, n in enumerate(kvm_names))
+        nics = tuple((n.name, {"name": n.name, "mac": n.mac} if n.mac
+                      else {"name": n.name}) for n in vm.nics)
+        return cls(vm.record(), tuple(vcpus), vhosts, vm.alloc_bytes,
+                   nics, disks, kvm)
+
+
+def _nic_records(m: _Metered, taps: dict[str, dict[str, int]],
+                 ) -> list[dict[str, Any]]:
+    """Tap counters in the guest's view (``tap_guest_view``)."""
+    out = []
+    for tap, head in m.plan.nics:
+        c = taps.get(tap)
+        if c is None:  # gone or renamed: look at the layout again
+            m.stale = True
+            continue
+        out.append({**head, **tap_guest_view(c)})
+    return out
+
+
+def _disk_records(m: _Metered) -> list[dict[str, Any]]:
+    out = []
+    v = m.values
+    for i, disk in m.plan.disks:
+        if v[i]:  # err
+            m.stale = True
+            continue
+        rec: dict[str, Any] = {"path": disk.path}
+        if disk.block_device is None:
+            rec["capacity_bytes"] = disk.capacity_bytes \
+                if disk.capacity_bytes is not None else v[i + 1]
+            rec["allocated_bytes"] = v[i + 2]
+        elif disk.capacity_bytes is not None:
+            rec["capacity_bytes"] = disk.capacity_bytes
+        if v[i + 3]:  # has_blk
+            rec.update(rd_bytes=v[i + 5] * SECTOR, wr_bytes=v[i + 7] * SECTOR,
+                       rd_ops=v[i + 4], wr_ops=v[i + 6])
+        out.append(rec)
+    return out
 
 
 def _kvm_spec(spec: Any, vm: VM, files: list[kvmstats.StatsFile],
@@ -640,11 +681,20 @@ def _kvm_spec(spec: Any, vm: VM, files: list[kvmstats.StatsFile],
 # --- small readers: None when the file is gone or unreadable --------------
 
 def _read(path: str) -> bytes | None:
+    # os.read, not open(): a file object costs more than the read itself
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _read_int(path: str) -> int | None:

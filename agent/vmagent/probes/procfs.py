@@ -7,6 +7,7 @@ code as the sampler.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,7 +83,12 @@ def parse_schedstat(text: bytes | str) -> tuple[int, int, int]:
     return s.run_ns, s.wait_ns, s.timeslices
 
 
-_NET_DEV_HEADER = b"Inter-|"
+#: ``/proc/net/dev``'s counters under their sysfs ``statistics/`` names, and
+#: the field each is (of sixteen: eight received, eight sent).
+NET_DEV_KEYS = ("rx_bytes", "rx_packets", "rx_errors", "rx_dropped",
+                "tx_bytes", "tx_packets", "tx_errors", "tx_dropped")
+_NET_DEV_FIELDS = operator.itemgetter(0, 1, 2, 3, 8, 9, 10, 11)
+_NET_DEV_ROOM = 256  # interfaces room is made for at first
 
 
 def parse_net_dev(text: bytes,
@@ -90,7 +96,7 @@ def parse_net_dev(text: bytes,
                   ) -> dict[str, dict[str, int]]:
     """``/proc/net/dev``: the host-view counters of each interface (of
     ``names`` only when given), keyed by name, each under its sysfs
-    ``statistics/`` name (``rx_bytes`` ... ``tx_dropped``).
+    ``statistics/`` name (``NET_DEV_KEYS``).
 
     Two header lines, then one line an interface (torvalds/linux:net/core/
     net-procfs.c, dev_seq_printf_stats): ``name:`` and sixteen numbers, eight
@@ -100,29 +106,28 @@ def parse_net_dev(text: bytes,
     ``drop`` is ``rx_dropped + rx_missed_errors`` (tun/tap never counts the
     latter).  A name never holds ``:`` or spaces (``dev_valid_name``), and a
     long one leaves no space before its colon.  ``ValueError`` on anything
-    else.
+    else.  Parsed in C (native/linux/procfs.c): it runs every sweep.
     """
-    lines = text.split(b"\n")
-    if len(lines) < 2 or not lines[0].startswith(_NET_DEV_HEADER):
-        raise ValueError(f"not /proc/net/dev: {text[:80]!r}")
+    room = _NET_DEV_ROOM
+    while True:
+        buf = ffi.new("char[]", room * lib.VMPROBE_IFNAMSIZ)
+        values = ffi.new("uint64_t[]", room * lib.VMPROBE_NET_DEV_FIELDS)
+        n = lib.vmprobe_parse_net_dev(text, len(text), buf, values, room)
+        if n < 0:
+            raise ValueError(f"not /proc/net/dev: {text[:80]!r}")
+        if n <= room:
+            break
+        room = n
+    if n == 0:
+        return {}
+    width = lib.VMPROBE_NET_DEV_FIELDS
+    numbers = ffi.unpack(values, n * width)
     out = {}
-    for line in lines[2:]:
-        raw, sep, rest = line.partition(b":")
-        if not sep:
-            if line.strip():
-                raise ValueError(f"bad /proc/net/dev line: {line[:80]!r}")
-            continue
-        name = raw.strip().decode("utf-8", "surrogateescape")
-        if names is not None and name not in names:
-            continue
-        f = rest.split()
-        if len(f) != 16 or not all(x.isdigit() for x in f):
-            raise ValueError(f"bad /proc/net/dev line: {line[:80]!r}")
-        out[name] = {
-            "rx_bytes": int(f[0]), "rx_packets": int(f[1]),
-            "rx_errors": int(f[2]), "rx_dropped": int(f[3]),
-            "tx_bytes": int(f[8]), "tx_packets": int(f[9]),
-            "tx_errors": int(f[10]), "tx_dropped": int(f[11])}
+    for i, name in enumerate(ffi.string(buf).decode(
+            "utf-8", "surrogateescape").split("\n")):
+        if names is None or name in names:
+            out[name] = dict(zip(NET_DEV_KEYS, _NET_DEV_FIELDS(
+                numbers[i * width:(i + 1) * width])))
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,9 +26,13 @@ TAP_GUEST_VIEW = {"rx_bytes": "tx_bytes", "rx_packets": "tx_packets",
                   "tx_errors": "rx_errors", "tx_drops": "rx_dropped"}
 
 
+_GUEST_KEYS = tuple(TAP_GUEST_VIEW)
+_HOST_VALUES = operator.itemgetter(*TAP_GUEST_VIEW.values())
+
+
 def tap_guest_view(host: Mapping[str, int]) -> dict[str, int]:
     """The guest-view counters of a tap from its host-view ones."""
-    return {guest: int(host[h]) for guest, h in TAP_GUEST_VIEW.items()}
+    return dict(zip(_GUEST_KEYS, _HOST_VALUES(host)))
 
 
 #: The probes' options, ``[probes]`` of the config: filesystem roots (Linux)

@@ -102,8 +102,8 @@ class HighWater:
             return
         sync = seq > self.mark.reserved
         reserved = seq + RESERVE if sync else self.mark.reserved
-        self.mark = replace(self.mark, seq=seq, reserved=reserved,
-                            clean=False)
+        m = self.mark  # not dataclasses.replace: this runs every commit
+        self.mark = Mark(m.wal_id, seq, reserved, m.boot, False, m.counter)
         self._write(sync)
 
     def close(self) -> None:
@@ -115,7 +115,9 @@ class HighWater:
             self._fd = None
 
     def _write(self, sync: bool) -> None:
-        self.mark = replace(self.mark, counter=self.mark.counter + 1)
+        m = self.mark
+        self.mark = Mark(m.wal_id, m.seq, m.reserved, m.boot, m.clean,
+                         m.counter + 1)
         slot = (self.mark.counter % 2) * _SECTOR
         try:
             if self._fd is None:

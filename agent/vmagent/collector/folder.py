@@ -1,0 +1,424 @@
+"""The usage ledger's worker (docs/collector.md, "The ledger worker"):
+``vmcollector run`` stores evidence in its ingest threads and folds it
+into the ledger in this child process, so that storing and folding each
+get a core.
+
+The parent (``LedgerWorker``) writes JSON lines to the worker's stdin: the
+store to open first, then ``stored`` (a host's WAL got records: fold
+it), ``hosts`` (the hosts to look after: on start and for a host newly
+held, anything stored past ``ledger_pos`` is folded) and ``stop`` (fold
+what is left for at most so many seconds, then exit).  The worker
+(``Follower``) folds each (host, WAL) at most ``FOLD_LIMIT`` records per
+transaction (``ledger/book.py`` ``update``), round-robin, until it is
+caught up.  stdin closing (the parent gone) ends it after the fold in
+hand; on Linux it also dies with its parent (PR_SET_PDEATHSIG).  The
+parent restarts a worker that died, with a backoff: nothing is lost, the
+ledger continues from ``ledger_pos``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Collection
+from contextlib import suppress
+from pathlib import Path
+from typing import IO, Any
+
+from vmagent import log
+from vmagent.collector.ingest import backoff
+from vmagent.collector.metrics import Metrics
+from vmagent.collector.store import (
+    PostgresStore,
+    SqliteStore,
+    SqlStore,
+    StoreError,
+    is_postgresql,
+)
+from vmagent.ledger import book as ledger_book
+
+# records per fold transaction: SQLite's write lock (which the ingest's
+# stores wait for) is held for a fraction of a second (docs/benchmarks.md)
+FOLD_LIMIT = 16_000
+STOP_FOLD_S = 10.0  # at a stop, the worker folds what is left this long
+RESCAN_S = 30.0  # the held hosts' current WALs checked (a lost notice)
+TICK_S = 0.5  # the worker's longest sleep: signals, its parent
+LIVED_S = 60.0  # a worker that ran this long restarts without backoff
+_PR_SET_PDEATHSIG = 1
+
+
+def store_spec(store: SqlStore) -> str:
+    """What the worker opens: ``sqlite:<path>`` or the PostgreSQL URL."""
+    if isinstance(store, PostgresStore):
+        return store.url
+    if isinstance(store, SqliteStore):
+        return f"sqlite:{store.path}"
+    raise StoreError(f"no ledger worker for {store.describe()}")
+
+
+def open_spec(spec: str) -> SqlStore:
+    if is_postgresql(spec):
+        return PostgresStore(spec)
+    if spec.startswith("sqlite:"):
+        return SqliteStore(Path(spec[len("sqlite:"):]))
+    raise StoreError(f"unknown store {spec!r}")
+
+
+def unfolded(store: Any, hosts: Collection[str] | None = None) \
+        -> dict[tuple[str, bytes], int]:
+    """(host, WAL) -> records stored past the ledger's position, for the
+    WALs with any (of ``hosts``, or of every host)."""
+    out: dict[tuple[str, bytes], int] = {}
+    with store.transaction() as q:
+        pos = {(h, bytes(w)): s for h, w, s in q(
+            "SELECT host, wal, seq FROM ledger_pos").fetchall()}
+        pairs = [(h, bytes(w)) for h, w in q(
+            "SELECT DISTINCT host, wal FROM frames").fetchall()
+            if hosts is None or h in hosts]
+        for host, wal in pairs:
+            n = q("SELECT count(*) FROM records WHERE host = ? AND wal = ? "
+                  "AND seq > ?", (host, wal, pos.get((host, wal), 0))
+                  ).fetchone()[0]
+            if n:
+                out[(host, wal)] = int(n)
+    return out
+
+
+def lag_by_host(store: Any) -> dict[str, int]:
+    """Records stored and not yet in the ledger, per host."""
+    out: dict[str, int] = {}
+    for (host, _), n in unfolded(store).items():
+        out[host] = out.get(host, 0) + n
+    return out
+
+
+# --- the worker ---------------------------------------------------------
+
+class Follower:
+    """The worker's loop: folds the (host, WAL)s it is told of, and the
+    held hosts' backlogs, ``limit`` records per transaction."""
+
+    def __init__(self, store: SqlStore, limit: int = FOLD_LIMIT,
+                 parent: int | None = None) -> None:
+        self.store, self.limit, self.parent = store, max(1, limit), parent
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.dirty: dict[tuple[str, bytes], None] = {}  # an ordered set
+        self.hosts: set[str] = set()
+        self.scan: set[str] = set()  # hosts to look at in full
+        self.stop_by: float | None = None  # set by a signal: no lock
+        self.gone = False
+        self.folded: dict[str, int] = {}
+        self.log = log.get_logger()
+
+    def stored(self, host: str, wal: bytes) -> None:
+        with self.lock:
+            self.dirty[(host, wal)] = None
+        self.wake.set()
+
+    def follow(self, hosts: set[str]) -> None:
+        with self.lock:
+            self.scan |= hosts - self.hosts
+            self.hosts = set(hosts)
+        self.wake.set()
+
+    def stop(self, seconds: float) -> None:
+        self.stop_by = time.monotonic() + max(0.0, seconds)
+
+    def lose_parent(self) -> None:
+        self.gone = True
+        self.wake.set()
+
+    def run(self) -> str:
+        """Folds until stopped; why it stopped."""
+        rescan = time.monotonic() + RESCAN_S
+        while True:
+            why = self._ended()
+            if why is not None:
+                return why
+            if not self.dirty and not self.scan:
+                self.wake.wait(TICK_S)
+            self.wake.clear()
+            if time.monotonic() >= rescan:
+                rescan = time.monotonic() + RESCAN_S
+                self._rescan()
+            self._scan()
+            if not self._round():
+                self.wake.wait(TICK_S)  # a store error: not at once again
+
+    def _ended(self) -> str | None:
+        why = self._quit()
+        if why is None and self.stop_by is not None and \
+                not (self.dirty or self.scan):
+            return "stopped"
+        return why
+
+    def _quit(self) -> str | None:
+        """Why to stop even with folds waiting (None: go on)."""
+        if self.gone or (self.parent is not None and
+                         os.getppid() != self.parent):
+            return "parent gone"
+        if self.stop_by is not None and time.monotonic() >= self.stop_by:
+            return "stopped, the rest left for the next start"
+        return None
+
+    def _round(self) -> bool:
+        """One fold of each (host, WAL) waiting; False if one failed."""
+        with self.lock:
+            pairs, self.dirty = list(self.dirty), {}
+        ok = True
+        for i, (host, wal) in enumerate(pairs):
+            if self._quit() is not None:
+                self._again(pairs[i:])
+                break
+            n = ledger_book.follow(self.store, host, wal, self.limit)
+            if n > 0:
+                self.folded[host] = self.folded.get(host, 0) + n
+            if n < 0 or n >= self.limit:  # failed, or more past it
+                ok = ok and n >= 0
+                self._again([(host, wal)])
+        return ok
+
+    def _again(self, pairs: list[tuple[str, bytes]]) -> None:
+        with self.lock:
+            for pair in pairs:
+                self.dirty[pair] = None
+
+    def _scan(self) -> None:
+        """Everything stored past ``ledger_pos`` of hosts newly held."""
+        with self.lock:
+            hosts, self.scan = self.scan, set()
+        if not hosts:
+            return
+        try:
+            found = unfolded(self.store, hosts)
+        except StoreError as err:
+            self.log.warning("ledger_scan_failed", error=str(err))
+            with self.lock:
+                self.scan |= hosts
+            return
+        self._again(sorted(found))
+
+    def _rescan(self) -> None:
+        """The held hosts' current WALs stored past ``ledger_pos`` (a
+        notice the pipe could not take): one cheap query."""
+        try:
+            with self.store.transaction() as q:
+                rows = q("SELECT h.name, h.wal, h.stored_seq, p.seq FROM "
+                         "hosts h LEFT JOIN ledger_pos p ON p.host = h.name "
+                         "AND p.wal = h.wal WHERE h.wal IS NOT NULL"
+                         ).fetchall()
+        except StoreError as err:
+            self.log.warning("ledger_scan_failed", error=str(err))
+            return
+        self._again([(h, bytes(w)) for h, w, stored, pos in rows
+                     if h in self.hosts and stored > (pos or 0)])
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL when the parent dies (its transaction rolls back)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # stdin's EOF and the parent check remain
+
+
+def _read_inbox(stream: IO[bytes], follower: Follower) -> None:
+    """The parent's lines, until EOF (the parent closed it or is gone)."""
+    for line in stream:
+        try:
+            msg = json.loads(line)
+            if "stored" in msg:
+                host, wal = msg["stored"]
+                follower.stored(str(host), bytes.fromhex(wal))
+            elif "hosts" in msg:
+                follower.follow({str(h) for h in msg["hosts"]})
+            elif "stop" in msg:
+                follower.stop(float(msg["stop"]))
+        except (ValueError, TypeError, KeyError) as err:
+            follower.log.warning("ledger_worker_bad_message",
+                                 error=str(err), line=line[:200].decode(
+                                     "utf-8", "replace"))
+    if follower.stop_by is None:
+        follower.lose_parent()
+
+
+def main() -> int:
+    """``python -m vmagent.collector.folder``: run by ``LedgerWorker``."""
+    log.configure()
+    for sig in (signal.SIGINT, signal.SIGHUP):  # the parent's to handle
+        signal.signal(sig, signal.SIG_IGN)
+    _die_with_parent()
+    logger = log.get_logger()
+    try:
+        setup = json.loads(sys.stdin.buffer.readline())
+        spec, lease_s = str(setup["store"]), float(setup["lease_s"])
+        limit, parent = int(setup["limit"]), int(setup["parent"])
+    except (ValueError, TypeError, KeyError) as err:
+        logger.error("ledger_worker_bad_setup", error=str(err))
+        return 2
+    try:
+        store = open_spec(spec)
+        store.bound_waits(lease_s)
+    except StoreError as err:
+        logger.error("ledger_worker_store_failed", error=str(err))
+        return 1
+    follower = Follower(store, limit, parent)
+    signal.signal(signal.SIGTERM, lambda *_: follower.stop(STOP_FOLD_S))
+    threading.Thread(target=_read_inbox, args=(sys.stdin.buffer, follower),
+                     name="inbox", daemon=True).start()
+    logger.info("ledger_worker_started", pid=os.getpid(),
+                store=store.describe(), limit=limit)
+    try:
+        why = follower.run()
+    finally:
+        store.close()
+    logger.info("ledger_worker_stopped", reason=why, folded=follower.folded)
+    return 0
+
+
+# --- the parent's side ----------------------------------------------------
+
+class LedgerWorker:
+    """``vmcollector run``'s ledger worker: started, told what is stored
+    (from the ingest threads) and which hosts are held, restarted with a
+    backoff when it dies (``check``, from the lease round), stopped with
+    a bounded drain."""
+
+    def __init__(self, spec: str, lease_s: float,
+                 metrics: Metrics | None = None,
+                 limit: int = FOLD_LIMIT) -> None:
+        self.spec, self.lease_s, self.limit = spec, lease_s, limit
+        self.metrics = metrics
+        self.sqlite = not is_postgresql(spec)  # one process owns the store
+        self.lock = threading.Lock()  # the pipe, from the ingest threads
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.hosts: set[str] = set()
+        self.attempt, self.restart_at, self.started_at = 0, 0.0, 0.0
+        self.stopping = False
+        self.dropped = 0  # notices the full pipe could not take
+        self.log = log.get_logger()
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def start(self) -> LedgerWorker:
+        """Spawns the worker (from a thread that lives as long as the
+        process: Linux's parent-death signal follows the spawning
+        thread)."""
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vmagent.collector.folder"],
+            stdin=subprocess.PIPE, close_fds=True)
+        assert proc.stdin is not None
+        os.set_blocking(proc.stdin.fileno(), False)
+        with self.lock:
+            self.proc, self.started_at = proc, time.monotonic()
+        self._send({"store": self.spec, "lease_s": self.lease_s,
+                    "limit": self.limit, "parent": os.getpid()})
+        self._send({"hosts": sorted(self.hosts)})
+        return self
+
+    def stored(self, host: str, wal: bytes) -> None:
+        """An ingest thread committed records of ``host``'s ``wal``."""
+        self._send({"stored": [host, wal.hex()]})
+
+    def follow(self, held: set[str], every: set[str]) -> None:
+        """The hosts to look after: on SQLite every host (this process
+        owns the store), on PostgreSQL those whose lease it holds."""
+        hosts = set(every if self.sqlite else held)
+        if hosts != self.hosts:
+            self.hosts = hosts
+            self._send({"hosts": sorted(hosts)})
+
+    def _send(self, msg: dict[str, Any]) -> None:
+        """One line, never blocking (a line is under PIPE_BUF: written
+        whole or not at all); a worker that is gone is ``check``'s."""
+        line = (json.dumps(msg) + "\n").encode()
+        with self.lock:
+            if self.proc is None or self.proc.stdin is None:
+                return
+            try:
+                os.write(self.proc.stdin.fileno(), line)
+            except BlockingIOError:
+                self.dropped += 1  # the worker's rescan finds it
+            except OSError:
+                pass  # exited: check() restarts it
+
+    def check(self) -> None:
+        """A worker that died is logged, and started again after a
+        backoff (none if it had run ``LIVED_S``)."""
+        if self.stopping:
+            return
+        with self.lock:
+            dropped, self.dropped = self.dropped, 0
+        if dropped:  # the worker's own check finds what they named
+            self.log.warning("ledger_worker_notices_dropped", count=dropped)
+        proc = self.proc
+        code = proc.poll() if proc is not None else None
+        if proc is not None and code is not None:
+            lived = time.monotonic() - self.started_at
+            self.attempt = 0 if lived >= LIVED_S else self.attempt + 1
+            delay = backoff(self.attempt) if self.attempt else 0.0
+            self.log.error("ledger_worker_died", pid=proc.pid, exit_code=code,
+                           signal=_signal_name(code), lived_s=round(lived, 1),
+                           restart_in_s=round(delay, 1))
+            self._close(proc)
+            self.restart_at = time.monotonic() + delay
+        if self.proc is None and time.monotonic() >= self.restart_at:
+            try:
+                self.start()
+            except OSError as err:  # no process now: the next round
+                self.attempt += 1
+                self.restart_at = time.monotonic() + backoff(self.attempt)
+                self.log.error("ledger_worker_start_failed", error=str(err))
+                return
+            if self.metrics is not None:
+                self.metrics.ledger_worker_restarted()
+
+    def _close(self, proc: subprocess.Popen[bytes]) -> None:
+        with self.lock:
+            if proc.stdin is not None:
+                with suppress(OSError):
+                    proc.stdin.close()
+            if self.proc is proc:
+                self.proc = None
+
+    def stop(self, seconds: float = STOP_FOLD_S) -> None:
+        """After the ingest halted: the worker folds what is left for at
+        most ``seconds`` and exits (killed if it has not a little later)."""
+        self.stopping = True
+        proc = self.proc
+        if proc is None:
+            return
+        self._send({"stop": seconds})
+        self._close(proc)
+        try:
+            proc.wait(timeout=seconds + 5.0)
+        except subprocess.TimeoutExpired:
+            self.log.error("ledger_worker_killed", pid=proc.pid,
+                           waited_s=seconds + 5.0)
+            proc.kill()
+            proc.wait()
+
+
+def _signal_name(code: int) -> str | None:
+    if code >= 0:
+        return None
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return str(-code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
