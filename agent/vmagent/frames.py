@@ -37,6 +37,12 @@ def check_frame(frame: fmt.Frame, host: str, wal: bytes,
     return check_frame_heads(frame, host, wal, public_key).decoded()
 
 
+#: bytes of the smallest record holding a seq (``{"seq": 1}``): a frame
+#: naming more records than its bytes can hold is refused before the scan
+#: sets aside room for them
+SMALLEST_RECORD = len(b"\x81\xa3seq\x01")
+
+
 def check_frame_heads(frame: fmt.Frame, host: str, wal: bytes,
                       public_key: bytes | None) -> Heads:
     """``check_frame``, giving the heads of the frame's records."""
@@ -51,6 +57,8 @@ def check_frame_heads(frame: fmt.Frame, host: str, wal: bytes,
         if not keys.verify_signature(public_key, frame.sig, data):
             raise VerifyError("bad signature")
     count = frame.last_seq - frame.first_seq + 1
+    if count > len(frame.records) // SMALLEST_RECORD:  # before any scan
+        raise VerifyError("records do not hold exactly its seqs")
     heads = record_heads(frame.records, count)
     if len(heads) != count or \
             heads.seqs != list(range(frame.first_seq, frame.last_seq + 1)):

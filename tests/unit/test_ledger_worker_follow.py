@@ -5,22 +5,35 @@ leaves equals one inline fold; the lag it reports counts what is left."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import os
+import sqlite3
+import sys
+import threading
+import time
 
 import msgpack
 import pytest
 
 from unit.test_ledger_book import GIB, WAL, S, sample, start
+from vmagent.collector import folder
 from vmagent.collector.folder import (
     Follower,
+    LedgerWorker,
     _read_inbox,
     lag_by_host,
     unfolded,
 )
 from vmagent.collector.metrics import render_status
-from vmagent.collector.store import HostRow, SqliteStore, StoredFrame
+from vmagent.collector.store import (
+    HostRow,
+    SqliteStore,
+    StoredFrame,
+    StoreError,
+)
 from vmagent.ledger import book
 
 T0 = 1_790_000_000 * S
@@ -209,3 +222,134 @@ def test_the_periodic_check_finds_a_held_hosts_current_wal_behind(
         assert list(f.dirty) == []
     finally:
         store.close()
+
+
+class _PipeProc:
+    """A worker stand-in: its stdin the write end of a real pipe."""
+
+    pid = 0
+
+    def __init__(self) -> None:
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        self.inbox, self.stdin = os.fdopen(r, "rb"), os.fdopen(w, "wb")
+
+
+def test_a_fleets_host_list_longer_than_the_pipe_reaches_the_worker(
+        tmp_path):
+    """A host list of a large fleet is more than a pipe holds: it reaches
+    the worker whole (in lines written whole), every later line intact."""
+    store = stored_store(tmp_path / "a.db", batches=1)
+    proc = _PipeProc()
+    f = Follower(store)
+    reader = threading.Thread(target=_read_inbox, args=(proc.inbox, f))
+    reader.start()
+    try:
+        worker = LedgerWorker("sqlite:x", 30.0)
+        worker.proc = proc
+        hosts = {f"hypervisor-{i:05d}.rack-{i % 40:02d}.example.net"
+                 for i in range(3000)}  # ~150 kB of JSON
+        deadline = time.monotonic() + 30
+        while f.hosts != hosts and time.monotonic() < deadline:
+            worker.follow(hosts, hosts)  # a tick: a list cut off again
+            worker.stored("hv1", WAL)
+            time.sleep(0.01)
+        worker.stored("hv1", WAL)
+        proc.stdin.close()
+        reader.join(timeout=30)
+        assert f.hosts == hosts
+        assert list(f.dirty) == [("hv1", WAL)]
+    finally:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+        reader.join(timeout=30)
+        proc.inbox.close()
+        store.close()
+
+
+def test_a_worker_that_cannot_be_spawned_is_logged_and_tried_later(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
+    monkeypatch.setattr(folder, "backoff", lambda attempt: 60.0)
+    worker = LedgerWorker("sqlite:x", 30.0).start()  # does not raise
+    assert worker.pid is None and worker.restart_at > time.monotonic()
+    worker.check()  # before the backoff ran out: not tried again
+    assert worker.pid is None and worker.attempt == 1
+
+
+def test_a_fold_that_keeps_failing_is_retried_with_a_backoff(
+        tmp_path, monkeypatch):
+    """A (host, WAL) whose fold fails each time is tried again after a
+    growing delay, not at every turn of the loop, and the other hosts'
+    folds go on meanwhile."""
+    stored_store(tmp_path / "a.db", host="hv2").close()
+    store = stored_store(tmp_path / "a.db")  # hv1 and hv2
+    monkeypatch.setattr(folder, "TICK_S", 0.01)
+    real, calls = book.update, []
+
+    def update(store, host, wal, limit=None):
+        calls.append(host)
+        if host == "hv1":
+            raise book.LedgerBusy("always")
+        return real(store, host, wal, limit)
+
+    monkeypatch.setattr(book, "update", update)
+    timer = threading.Timer(2.0, lambda: f.lose_parent())
+    try:
+        f = Follower(store, limit=5)
+        f.stored("hv1", WAL)
+        f.stored("hv2", WAL)
+        timer.start()
+        assert f.run() == "parent gone"
+        assert lag_by_host(store) == {"hv1": 25}  # hv2 all folded
+        assert 1 <= calls.count("hv1") <= 8  # not every 10 ms (~200)
+    finally:
+        timer.cancel()
+        store.close()
+
+
+def test_the_lag_is_read_while_another_process_holds_the_write_lock(
+        tmp_path):
+    """``vmcollector status`` (and /metrics) read the lag without SQLite's
+    write lock: a long write elsewhere (a rebuild, a fold) does not make
+    them fail."""
+    stored_store(tmp_path / "a.db").close()
+    writer = sqlite3.connect(tmp_path / "a.db", isolation_level=None)
+    store = SqliteStore(tmp_path / "a.db", timeout=0.2)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        assert lag_by_host(store) == {"hv1": 25}
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+        store.close()
+
+
+class _Down:
+    """A store whose database is down: every statement fails at once."""
+
+    def __init__(self) -> None:
+        self.tries = 0
+
+    def read(self, *args):
+        self.tries += 1
+        raise StoreError("connection refused")
+
+    def transaction(self):
+        self.tries += 1
+        raise StoreError("connection refused")
+
+
+def test_a_scan_the_store_refuses_is_tried_again_after_a_backoff(
+        monkeypatch):
+    monkeypatch.setattr(folder, "TICK_S", 0.01)
+    store = _Down()
+    f = Follower(store)
+    f.follow({"hv1"})
+    timer = threading.Timer(1.5, f.lose_parent)
+    timer.start()
+    try:
+        assert f.run() == "parent gone"
+    finally:
+        timer.cancel()
+    assert 1 <= store.tries <= 8 and f.scan == {"hv1"}  # not ~150

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vmagent import frames
 from vmagent.frames import VerifyError, check_frame
 from vmagent.wal import format as fmt
 from vmagent.wal import heads as heads_mod
@@ -176,6 +177,24 @@ def test_other_record_counts_than_the_frame_names_fail_it(scanner, last):
         check_frame(frame, "hv", b"w" * 16, None)
 
 
+def test_a_frame_naming_more_records_than_its_bytes_hold_is_not_scanned(
+        scanner, monkeypatch):
+    """One-byte "records" claimed by the million: refused before the
+    scanner sets aside 48 bytes per claimed record."""
+    records = b"\x00" * 600_000
+    frame = fmt.Frame(1, 600_000, records, fmt.ZERO_HASH,
+                      fmt.chain_hash(fmt.ZERO_HASH, records), b"k" * 8,
+                      b"s" * 64)
+    scanned = []
+    monkeypatch.setattr(frames, "record_heads",
+                        lambda *a: scanned.append(a) or [])
+    with pytest.raises(VerifyError, match="exactly its seqs"):
+        frames.check_frame_heads(frame, "hv", b"w" * 16, None)
+    assert scanned == []
+    smallest = pack({"seq": 1})
+    assert len(smallest) == frames.SMALLEST_RECORD
+
+
 @pytest.mark.parametrize("most", [-5, 0, 1, 2**62])
 def test_a_frame_naming_any_number_of_records_is_scanned_safely(scanner,
                                                                 most):
@@ -183,6 +202,37 @@ def test_a_frame_naming_any_number_of_records_is_scanned_safely(scanner,
     assert heads_of(raw, most) == decoding(raw)
     assert heads_of(raw, most)[0] == [(1, "x", None), (2, "x", None),
                                       (3, "x", None)]
+
+
+LENGTH_HEADS = [  # every msgpack form with a length or count field
+    (b"\xc4", 1), (b"\xc5", 2), (b"\xc6", 4),  # bin
+    (b"\xc7", 1), (b"\xc8", 2), (b"\xc9", 4),  # ext
+    (b"\xd9", 1), (b"\xda", 2), (b"\xdb", 4),  # str
+    (b"\xdc", 2), (b"\xdd", 4), (b"\xde", 2), (b"\xdf", 4),  # array, map
+]
+
+
+@pytest.mark.parametrize("head,width", LENGTH_HEADS)
+@pytest.mark.parametrize("length", ["largest", "one past the end"])
+def test_lengths_past_the_end_of_the_bytes_end_the_records_there(
+        scanner, head, width, length):
+    tail = b"abc"  # three bytes, or three fixints
+    n = 2 ** (8 * width) - 1 if length == "largest" else len(tail) + 1
+    raw = (pack({"seq": 1, "kind": "x", "t": 1}) + b"\x82" + s("seq")
+           + b"\x02" + s("kind") + head + n.to_bytes(width, "big") + tail)
+    assert heads_of(raw) == decoding(raw)
+    assert heads_of(raw)[0] == [(1, "x", 1)]
+
+
+@pytest.mark.parametrize("depth", [62, 63, 64, 1023, 1024])
+def test_nesting_at_each_limit_gives_what_decoding_gives(scanner, depth):
+    deep = (b"\x83" + s("seq") + b"\x02" + s("kind") + s("y") + s("d")
+            + b"\x91" * depth + b"\x00")  # the scanner's limit is 64,
+    raw = pack({"seq": 1, "kind": "x"}) + deep  # msgpack's 1024 with the map
+    (heads, recs), (want, decoded) = heads_of(raw), decoding(raw)
+    assert heads == want  # (== on the records themselves would recurse)
+    assert len(recs) == len(decoded)
+    assert [h[0] for h in heads] == ([1, 2] if depth < 1024 else [1])
 
 
 scalars = (st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1)

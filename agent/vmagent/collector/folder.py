@@ -5,12 +5,13 @@ get a core.
 
 The parent (``LedgerWorker``) writes JSON lines to the worker's stdin: the
 store to open first, then ``stored`` (a host's WAL got records: fold
-it), ``hosts`` (the hosts to look after: on start and for a host newly
-held, anything stored past ``ledger_pos`` is folded) and ``stop`` (fold
-what is left for at most so many seconds, then exit).  The worker
-(``Follower``) folds each (host, WAL) at most ``FOLD_LIMIT`` records per
-transaction (``ledger/book.py`` ``update``), round-robin, until it is
-caught up.  stdin closing (the parent gone) ends it after the fold in
+it), ``hosts`` (the hosts to look after, in lines under PIPE_BUF: on
+start and for a host newly held, anything stored past ``ledger_pos`` is
+folded) and ``stop`` (fold what is left for at most so many seconds, then
+exit).  The worker (``Follower``) folds each (host, WAL) at most
+``FOLD_LIMIT`` records per transaction (``ledger/book.py`` ``update``),
+round-robin, until it is caught up (one whose fold failed after a
+backoff).  stdin closing (the parent gone) ends it after the fold in
 hand; on Linux it also dies with its parent (PR_SET_PDEATHSIG).  The
 parent restarts a worker that died, with a backoff: nothing is lost, the
 ledger continues from ``ledger_pos``.
@@ -51,6 +52,7 @@ RESCAN_S = 30.0  # the held hosts' current WALs checked (a lost notice)
 TICK_S = 0.5  # the worker's longest sleep: signals, its parent
 LIVED_S = 60.0  # a worker that ran this long restarts without backoff
 _PR_SET_PDEATHSIG = 1
+_HOSTS_LINE = 3500  # bytes of host names per line: under PIPE_BUF (4096)
 
 
 def store_spec(store: SqlStore) -> str:
@@ -73,20 +75,22 @@ def open_spec(spec: str) -> SqlStore:
 def unfolded(store: Any, hosts: Collection[str] | None = None) \
         -> dict[tuple[str, bytes], int]:
     """(host, WAL) -> records stored past the ledger's position, for the
-    WALs with any (of ``hosts``, or of every host)."""
+    WALs with any (of ``hosts``, or of every host).  Read without a
+    write transaction (SQLite's write lock: a status during a long write
+    elsewhere answers); a fold committing meanwhile makes a count at most
+    that much too high."""
     out: dict[tuple[str, bytes], int] = {}
-    with store.transaction() as q:
-        pos = {(h, bytes(w)): s for h, w, s in q(
-            "SELECT host, wal, seq FROM ledger_pos").fetchall()}
-        pairs = [(h, bytes(w)) for h, w in q(
-            "SELECT DISTINCT host, wal FROM frames").fetchall()
-            if hosts is None or h in hosts]
-        for host, wal in pairs:
-            n = q("SELECT count(*) FROM records WHERE host = ? AND wal = ? "
-                  "AND seq > ?", (host, wal, pos.get((host, wal), 0))
-                  ).fetchone()[0]
-            if n:
-                out[(host, wal)] = int(n)
+    read = store.read  # a statement each, no write lock
+    pos = {(h, bytes(w)): s for h, w, s in read(
+        "SELECT host, wal, seq FROM ledger_pos")}
+    pairs = [(h, bytes(w)) for h, w in read(
+        "SELECT DISTINCT host, wal FROM frames")
+        if hosts is None or h in hosts]
+    for host, wal in pairs:
+        n = read("SELECT count(*) FROM records WHERE host = ? AND wal = ? "
+                 "AND seq > ?", (host, wal, pos.get((host, wal), 0)))[0][0]
+        if n:
+            out[(host, wal)] = int(n)
     return out
 
 
@@ -112,6 +116,9 @@ class Follower:
         self.dirty: dict[tuple[str, bytes], None] = {}  # an ordered set
         self.hosts: set[str] = set()
         self.scan: set[str] = set()  # hosts to look at in full
+        # (host, WAL) whose fold failed: failures in a row, not before
+        self.failed: dict[tuple[str, bytes], tuple[int, float]] = {}
+        self.scan_failed, self.scan_at = 0, 0.0  # likewise, the scan
         self.stop_by: float | None = None  # set by a signal: no lock
         self.gone = False
         self.folded: dict[str, int] = {}
@@ -150,7 +157,7 @@ class Follower:
                 self._rescan()
             self._scan()
             if not self._round():
-                self.wake.wait(TICK_S)  # a store error: not at once again
+                self.wake.wait(TICK_S)  # a failure, or only ones waiting
 
     def _ended(self) -> str | None:
         why = self._quit()
@@ -169,19 +176,33 @@ class Follower:
         return None
 
     def _round(self) -> bool:
-        """One fold of each (host, WAL) waiting; False if one failed."""
+        """One fold of each (host, WAL) waiting and due (one that failed
+        waits a backoff); False if one failed or none was due."""
         with self.lock:
             pairs, self.dirty = list(self.dirty), {}
-        ok = True
-        for i, (host, wal) in enumerate(pairs):
+        now = time.monotonic()
+        due: list[tuple[str, bytes]] = []
+        for p in pairs:
+            if self.failed.get(p, (0, now))[1] <= now:
+                due.append(p)
+            else:
+                self._again([p])
+        ok = bool(due)
+        for i, (host, wal) in enumerate(due):
             if self._quit() is not None:
-                self._again(pairs[i:])
+                self._again(due[i:])
                 break
             n = ledger_book.follow(self.store, host, wal, self.limit)
+            if n < 0:
+                tries = self.failed.get((host, wal), (0, now))[0] + 1
+                self.failed[(host, wal)] = (
+                    tries, time.monotonic() + backoff(tries))
+                ok = False
+            else:
+                self.failed.pop((host, wal), None)
             if n > 0:
                 self.folded[host] = self.folded.get(host, 0) + n
             if n < 0 or n >= self.limit:  # failed, or more past it
-                ok = ok and n >= 0
                 self._again([(host, wal)])
         return ok
 
@@ -192,6 +213,8 @@ class Follower:
 
     def _scan(self) -> None:
         """Everything stored past ``ledger_pos`` of hosts newly held."""
+        if time.monotonic() < self.scan_at:
+            return
         with self.lock:
             hosts, self.scan = self.scan, set()
         if not hosts:
@@ -200,9 +223,12 @@ class Follower:
             found = unfolded(self.store, hosts)
         except StoreError as err:
             self.log.warning("ledger_scan_failed", error=str(err))
+            self.scan_failed += 1
+            self.scan_at = time.monotonic() + backoff(self.scan_failed)
             with self.lock:
                 self.scan |= hosts
             return
+        self.scan_failed = 0
         self._again(sorted(found))
 
     def _rescan(self) -> None:
@@ -234,6 +260,7 @@ def _die_with_parent() -> None:
 
 def _read_inbox(stream: IO[bytes], follower: Follower) -> None:
     """The parent's lines, until EOF (the parent closed it or is gone)."""
+    hosts: set[str] = set()  # a list's lines so far (``_send_hosts``)
     for line in stream:
         try:
             msg = json.loads(line)
@@ -241,7 +268,11 @@ def _read_inbox(stream: IO[bytes], follower: Follower) -> None:
                 host, wal = msg["stored"]
                 follower.stored(str(host), bytes.fromhex(wal))
             elif "hosts" in msg:
-                follower.follow({str(h) for h in msg["hosts"]})
+                if not msg.get("part"):
+                    hosts = set()
+                hosts |= {str(h) for h in msg["hosts"]}
+                if not msg.get("more"):
+                    follower.follow(hosts)
             elif "stop" in msg:
                 follower.stop(float(msg["stop"]))
         except (ValueError, TypeError, KeyError) as err:
@@ -305,6 +336,7 @@ class LedgerWorker:
         self.hosts: set[str] = set()
         self.attempt, self.restart_at, self.started_at = 0, 0.0, 0.0
         self.stopping = False
+        self.unsent: list[dict[str, Any]] = []  # the host list's lines left
         self.dropped = 0  # notices the full pipe could not take
         self.log = log.get_logger()
 
@@ -315,18 +347,29 @@ class LedgerWorker:
     def start(self) -> LedgerWorker:
         """Spawns the worker (from a thread that lives as long as the
         process: Linux's parent-death signal follows the spawning
-        thread)."""
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "vmagent.collector.folder"],
-            stdin=subprocess.PIPE, close_fds=True)
+        thread); one that cannot be is logged and ``check`` tries again
+        after a backoff."""
+        self._spawn()
+        return self
+
+    def _spawn(self) -> bool:
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "vmagent.collector.folder"],
+                stdin=subprocess.PIPE, close_fds=True)
+        except OSError as err:  # no process now: a later round
+            self.attempt += 1
+            self.restart_at = time.monotonic() + backoff(self.attempt)
+            self.log.error("ledger_worker_start_failed", error=str(err))
+            return False
         assert proc.stdin is not None
         os.set_blocking(proc.stdin.fileno(), False)
         with self.lock:
             self.proc, self.started_at = proc, time.monotonic()
         self._send({"store": self.spec, "lease_s": self.lease_s,
                     "limit": self.limit, "parent": os.getpid()})
-        self._send({"hosts": sorted(self.hosts)})
-        return self
+        self._send_hosts()
+        return True
 
     def stored(self, host: str, wal: bytes) -> None:
         """An ingest thread committed records of ``host``'s ``wal``."""
@@ -338,21 +381,48 @@ class LedgerWorker:
         hosts = set(every if self.sqlite else held)
         if hosts != self.hosts:
             self.hosts = hosts
-            self._send({"hosts": sorted(hosts)})
+            self._send_hosts()
+        else:
+            self._send_unsent()
 
-    def _send(self, msg: dict[str, Any]) -> None:
-        """One line, never blocking (a line is under PIPE_BUF: written
-        whole or not at all); a worker that is gone is ``check``'s."""
+    def _send_hosts(self) -> None:
+        """The hosts in lines under PIPE_BUF (a fleet's list is more than
+        a pipe holds): ``part`` 0 begins the list, ``more`` says a line
+        follows.  What the pipe cannot take now is sent by the next
+        ``follow`` from where it stopped, so a long list gets through
+        however slowly the worker reads."""
+        parts: list[list[str]] = [[]]
+        size = 0
+        for host in sorted(self.hosts):
+            size += len(json.dumps(host)) + 2
+            if size > _HOSTS_LINE and parts[-1]:
+                parts.append([])
+                size = len(json.dumps(host)) + 2
+            parts[-1].append(host)
+        self.unsent = [{"hosts": part, "part": i} | (
+            {"more": True} if i < len(parts) - 1 else {})
+            for i, part in enumerate(parts)]
+        self._send_unsent()
+
+    def _send_unsent(self) -> None:
+        while self.unsent and self._send(self.unsent[0]):
+            self.unsent.pop(0)
+
+    def _send(self, msg: dict[str, Any]) -> bool:
+        """One line, never blocking (a line under PIPE_BUF is written
+        whole or not at all); whether it was.  A worker that is gone is
+        ``check``'s."""
         line = (json.dumps(msg) + "\n").encode()
         with self.lock:
             if self.proc is None or self.proc.stdin is None:
-                return
+                return False
             try:
-                os.write(self.proc.stdin.fileno(), line)
+                return os.write(self.proc.stdin.fileno(), line) == len(line)
             except BlockingIOError:
                 self.dropped += 1  # the worker's rescan finds it
             except OSError:
                 pass  # exited: check() restarts it
+            return False
 
     def check(self) -> None:
         """A worker that died is logged, and started again after a
@@ -374,16 +444,9 @@ class LedgerWorker:
                            restart_in_s=round(delay, 1))
             self._close(proc)
             self.restart_at = time.monotonic() + delay
-        if self.proc is None and time.monotonic() >= self.restart_at:
-            try:
-                self.start()
-            except OSError as err:  # no process now: the next round
-                self.attempt += 1
-                self.restart_at = time.monotonic() + backoff(self.attempt)
-                self.log.error("ledger_worker_start_failed", error=str(err))
-                return
-            if self.metrics is not None:
-                self.metrics.ledger_worker_restarted()
+        if self.proc is None and time.monotonic() >= self.restart_at and \
+                self._spawn() and self.metrics is not None:
+            self.metrics.ledger_worker_restarted()
 
     def _close(self, proc: subprocess.Popen[bytes]) -> None:
         with self.lock:

@@ -317,6 +317,11 @@ class SqlStore(Store):
         with self._tx() as q:
             yield q
 
+    def read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        """One statement's rows (this store's placeholders), without the
+        write lock where the store has one (SQLite)."""
+        return self._read(sql, args)
+
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         with self._tx() as q:
             return q(sql, args).fetchall()

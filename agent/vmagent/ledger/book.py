@@ -525,6 +525,11 @@ def import_owners(store: Any, rows: list[OwnerRow]) -> Imported:
     rows = clamp_to_open(rows, open_from_ns(store))
     uuids = sorted({r.vm_uuid for r in rows})
     with _writing(store) as q:
+        # every host's row locked (PostgreSQL; SQLite: the write lock), in
+        # rebuild's order: a fold in flight commits first, so its gens are
+        # seen (``ran``) and its slices and roll-up rows recomputed; later
+        # folds wait, then find the owners changed and fold again
+        q("SELECT host FROM ledger_hosts ORDER BY host {lock}").fetchall()
         before = _owner_cuts(q, set(uuids))
         old = {u: list(before(u)) for u in uuids}
         for row in rows:
