@@ -215,7 +215,8 @@ def _loader(q: Any, host: str, keys: set[tuple[str, str]]) \
     for i in range(0, len(uuids), _CHUNK):
         part = uuids[i:i + _CHUNK]
         for u, g, st in q("SELECT uuid, gen, state FROM ledger_gens WHERE "
-                          f"host = ? AND uuid IN ({_marks(part)})",
+                          f"host = ? AND uuid IN ({_marks(part)}) ORDER BY "
+                          "uuid, gen",  # the same order when re-read
                           (host, *part)).fetchall():
             if (u, g) in keys:
                 found[(u, g)] = GenState.from_json(json.loads(st))
