@@ -39,6 +39,31 @@ int vmprobe_parse_u64(const char *buf, size_t len, uint64_t *out);
 long vmprobe_msgpack_heads(const unsigned char *buf, size_t len,
                            int64_t *out, size_t max);
 
+/* --- a sample record's readings (common/msgpack_reading.c) -------------- */
+
+/* The ledger's view of one ``sample`` record in its usual shape
+ * (agent/vmagent/ledger/readings.py), into out[]: t; the vm map's bytes,
+ * then its uuid, gen and name, as (offset, length) in buf; flags
+ * (VMPROBE_READING_*: which of the next three are given); started_ns; mem
+ * rss_bytes; mem alloc_bytes; the number of vCPU threads listed; n, the
+ * counters; the length of their keys in sig (VMPROBE_READING_HEAD words in
+ * all); then the n counters' values, sorted as Python sorts their (meter
+ * name, device) keys.  sig gets those keys: per counter its meter (an
+ * index into the sorted meter names), the device name's length as two
+ * bytes big-endian (0xffff: none) and the name.  Returns 0; 1 when the
+ * record is not in the usual shape (decode it); -1 when buf is not
+ * msgpack. */
+#define VMPROBE_READING_HEAD 16
+#define VMPROBE_READING_DEVS 16
+#define VMPROBE_READING_COUNTERS 64
+#define VMPROBE_READING_WORDS 80  /* HEAD + COUNTERS */
+#define VMPROBE_READING_SIG 8192
+#define VMPROBE_READING_STARTED 1
+#define VMPROBE_READING_RSS 2
+#define VMPROBE_READING_ALLOC 4
+int vmprobe_sample_reading(const unsigned char *buf, size_t len,
+                           int64_t *out, unsigned char *sig);
+
 /* linux-begin: the Linux probes (native/linux/); the cdef of other
  * platforms leaves everything up to linux-end out. */
 

@@ -32,6 +32,7 @@ from vmagent.ledger.owners import (
     OwnerRow,
     clamp_to_open,
 )
+from vmagent.ledger.readings import FromBytes, Reading
 from vmagent.ledger.records import GenInfo, StoredSlice
 from vmagent.log import get_logger
 
@@ -179,9 +180,17 @@ def retire(store: Any, host: str) -> int:
     return n
 
 
-def _decode_rows(rows: list[Any]) -> Iterator[dict[str, Any]]:
+def _decode_rows(rows: list[Any]) -> Iterator[dict[str, Any] | Reading]:
+    """Stored records as the fold takes them: a sample's ``Reading`` made
+    from its bytes, anything else decoded."""
+    reading = FromBytes()
     for seq, body in rows:
-        rec = msgpack.unpackb(bytes(body), raw=False)
+        body = bytes(body)
+        found = reading(body, seq)
+        if found is not None:
+            yield found
+            continue
+        rec = msgpack.unpackb(body, raw=False)
         if isinstance(rec, dict):
             rec["seq"] = seq
             yield rec
@@ -193,11 +202,15 @@ def _host_state(q: Any, host: str) -> HostState:
     return HostState(**json.loads(row[0])) if row else HostState()
 
 
-def _named(state: HostState,
-           records: list[dict[str, Any]]) -> set[tuple[str, str]]:
+def _named(state: HostState, records: list[dict[str, Any] | Reading]) \
+        -> set[tuple[str, str]]:
     """(uuid, gen) of the open gens and of those the records name."""
     keys = {(u, g) for u, g in state.open}
     for rec in records:
+        if isinstance(rec, Reading):
+            if rec.vm is not None:
+                keys.add((rec.vm.uuid, rec.vm.gen))
+            continue
         inner = rec.get("samples")
         for r in [rec, *(inner if isinstance(inner, list) else [])]:
             vm = r.get("vm") if isinstance(r, dict) else None

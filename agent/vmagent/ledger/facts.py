@@ -21,57 +21,27 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import ge
 from typing import Any
 
+from vmagent.ledger.readings import (
+    PROCESS_METERS,
+    Key,
+    Reading,
+    Vm,
+    counters,
+    of_record,
+    rss_of,
+    vm_of,
+)
 from vmagent.ledger.split import BASE_NS, pieces, split
 
-#: A meter and its device (NIC or disk id; "" for none).
-Key = tuple[str, str]
+__all__ = ["RSS", "Fold", "GenState", "HostState", "Key", "SliceAcc"]
+
 #: A slice: (vm uuid, gen, slice start ns).
 SliceId = tuple[str, str, int]
 
-#: Counters that start with the process: baseline 0 for a new gen.
-PROCESS_METERS = ("cpu_ns", "io_rd_bytes", "io_wr_bytes")
-NET_FIELDS = (("net_rx_bytes", "rx_bytes"), ("net_tx_bytes", "tx_bytes"),
-              ("net_rx_packets", "rx_packets"),
-              ("net_tx_packets", "tx_packets"))
-DISK_FIELDS = (("disk_rd_bytes", "rd_bytes"), ("disk_wr_bytes", "wr_bytes"),
-               ("disk_rd_ops", "rd_ops"), ("disk_wr_ops", "wr_ops"))
 RSS = ("mem_rss_max_bytes", "")
-IO_FIELDS = ((("io_rd_bytes", ""), "rd_bytes"),
-             (("io_wr_bytes", ""), "wr_bytes"))
-
-
-def counters_of(rec: dict[str, Any]) -> dict[Key, int]:
-    """A sample's (or vm_stop's) cumulative counters by meter and device;
-    absent fields stay absent."""
-    out: dict[Key, int] = {}  # per sample: one lookup per field
-    cpu = rec.get("cpu")
-    if isinstance(cpu, dict):
-        total = cpu.get("total_ns")
-        if isinstance(total, int):
-            out[("cpu_ns", "")] = total + _int(cpu.get("vhost_ns"))
-    io = rec.get("io")
-    if isinstance(io, dict):
-        for key, name in IO_FIELDS:
-            v = io.get(name)
-            if isinstance(v, int):
-                out[key] = v
-    for nic in _dicts(rec.get("nics")):
-        _device(out, str(nic.get("mac") or nic.get("name") or ""), nic,
-                NET_FIELDS)
-    for disk in _dicts(rec.get("disks")):
-        _device(out, str(disk.get("path") or ""), disk, DISK_FIELDS)
-    return out
-
-
-def _device(out: dict[Key, int], dev: str, counters: dict[str, Any],
-            fields: tuple[tuple[str, str], ...]) -> None:
-    if dev:
-        for meter, name in fields:
-            v = counters.get(name)
-            if isinstance(v, int):
-                out[(meter, dev)] = v
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -176,6 +146,10 @@ class Fold:
     """Folds records into gen states and slice additions.  ``owner_cuts``
     gives a VM's owner changes (Unix ns): slices are cut there too."""
 
+    #: Samples of a gen in one slice added up at once (``_Run``); False:
+    #: each folded by itself (the same result, slower: tests compare them)
+    RUNS = True
+
     def __init__(self, host: HostState,
                  load: Callable[[str, str], GenState | None],
                  owner_cuts: Callable[[str], Sequence[int]] | None = None) \
@@ -188,13 +162,26 @@ class Fold:
         self._open = {(u, g) for u, g in host.open}  # host.open, as a set
         self._wal = ""
         self._seq = 0
+        self._runs: dict[tuple[str, str], _Run] = {}
+        self._outages_to = max(host.outages, default=None)
 
-    def feed(self, wal: str, records: Iterable[dict[str, Any]]) -> None:
-        """``records`` of WAL ``wal`` (hex), in seq order."""
+    def feed(self, wal: str,
+             records: Iterable[dict[str, Any] | Reading]) -> None:
+        """``records`` of WAL ``wal`` (hex), in seq order: decoded, or a
+        sample's ``Reading`` (ledger/readings.py)."""
         self._wal = wal
+        host = self.host
         for rec in records:
-            self._seq = _int(rec.get("seq"))
-            self.one(rec)
+            if type(rec) is Reading:  # the common case first
+                self._seq = rec.seq
+                if host.first_t is None:
+                    host.first_t = rec.t
+                self._sample(rec)
+            else:
+                self._seq = _int(rec.get("seq"))  # type: ignore[union-attr]
+                self.one(rec)  # type: ignore[arg-type]
+        for key in list(self._runs):
+            self._get(key)  # every run settled: the state is whole
 
     def one(self, rec: dict[str, Any]) -> None:
         t, kind = rec.get("t"), rec.get("kind")
@@ -202,14 +189,15 @@ class Fold:
             return
         if self.host.first_t is None:
             self.host.first_t = t
-        if kind == "sample":  # the common case first
-            self._sample(t, rec)
+        if kind == "sample":
+            self._sample(of_record(rec, t, self._seq))
         elif kind in ("agent_start", "gap"):
             self.host.outages.append(t)
+            self._outages_to = max(t, self._outages_to or t)
         elif kind == "coalesced":
             for s in _dicts(rec.get("samples")):
-                if isinstance(s, dict) and isinstance(s.get("t"), int):
-                    self._sample(s["t"], s)
+                if isinstance(s.get("t"), int):
+                    self._sample(of_record(s, s["t"], self._seq))
         elif kind == "vm_start":
             self._vm_start(t, rec)
         elif kind == "vm_config":
@@ -225,19 +213,16 @@ class Fold:
 
     # --- gens ---------------------------------------------------------
 
-    def _gen(self, vm: Any, t: int,
-             config: tuple[int | None, int | None] | None = None,
-             sample: dict[str, Any] | None = None) -> GenState | None:
+    def _gen(self, vm: Vm | None, t: int,
+             config: tuple[int | None, int | None] | None = None) \
+            -> GenState | None:
         """The gen ``vm`` names, loaded or new (its configuration:
-        ``config``, else the one ``sample`` shows)."""
-        if not isinstance(vm, dict) or not vm.get("uuid") or \
-                not vm.get("gen"):
+        ``config``)."""
+        if vm is None:
             return None
-        key = (str(vm["uuid"]), str(vm["gen"]))
-        g = self.gens.get(key) or self._load(*key)
+        key = (vm.uuid, vm.gen)
+        g = self._get(key)
         if g is None:
-            if config is None and sample is not None:
-                config = _config_of(sample)
             g = self._new_gen(key, vm, t, config)
         self.gens[key] = g
         if g.lost and not g.ended:
@@ -247,19 +232,18 @@ class Fold:
             self._open.add(key)
         return g
 
-    def _new_gen(self, key: tuple[str, str], vm: dict[str, Any], t: int,
+    def _new_gen(self, key: tuple[str, str], vm: Vm, t: int,
                  config: tuple[int | None, int | None] | None) -> GenState:
         first = self.host.first_t if self.host.first_t is not None else t
-        started = vm.get("started_ns")
-        started = started if isinstance(started, int) else t
+        started = vm.started_ns if vm.started_ns is not None else t
         start = max(started, first)
-        g = GenState(key[0], key[1], str(vm.get("name") or ""), started,
-                     start, start, fresh=started >= first)
+        g = GenState(key[0], key[1], vm.name, started, start, start,
+                     fresh=started >= first)
         vcpus, mem = config if config is not None else (None, None)
         g.configs.append([start, vcpus, mem])
         prev = self.host.latest.get(key[0])
         if prev is not None and prev != key[1]:
-            before = self.gens.get((key[0], prev)) or self._load(key[0], prev)
+            before = self._get((key[0], prev))
             if before is not None:
                 self._carry_taps(before, g)
         self.host.latest[key[0]] = key[1]
@@ -327,8 +311,8 @@ class Fold:
         s = self.slices.get((g.uuid, g.gen, start))
         return start, s if s is not None else self._slice(g, at)
 
-    def _touch(self, s: SliceAcc) -> None:
-        seq = self._seq
+    def _touch(self, s: SliceAcc, seq: int | None = None) -> None:
+        seq = self._seq if seq is None else seq
         lo_hi = s.seqs.get(self._wal)
         if lo_hi is None:
             s.seqs[self._wal] = [seq, seq]
@@ -342,7 +326,7 @@ class Fold:
     def _vm_start(self, t: int, rec: dict[str, Any]) -> None:
         cfg = _dict(rec.get("config"))
         config = (_opt(cfg.get("vcpus")), _opt(cfg.get("alloc_bytes")))
-        g = self._gen(rec.get("vm"), t, config)
+        g = self._gen(vm_of(rec.get("vm")), t, config)
         if g is None:
             return
         if g.configs and g.configs[0][1:] == [None, None]:
@@ -351,7 +335,7 @@ class Fold:
         self._touch(self._holder(g, t))
 
     def _vm_config(self, t: int, rec: dict[str, Any]) -> None:
-        g = self._gen(rec.get("vm"), t)
+        g = self._gen(vm_of(rec.get("vm")), t)
         if g is None:
             return
         self._advance(g, t)
@@ -364,16 +348,62 @@ class Fold:
             g.configs.append([at, new_vcpus, new_mem])
         self._touch(self._holder(g, t))
 
-    def _sample(self, t: int, rec: dict[str, Any]) -> None:
-        g = self._gen(rec.get("vm"), t, sample=rec)
+    def _get(self, key: tuple[str, str]) -> GenState | None:
+        """A gen, loaded if need be, its run (if any) settled first."""
+        run = self._runs.pop(key, None)
+        if run is not None:
+            self._settle(run)
+        return self.gens.get(key) or self._load(*key)
+
+    def _sample(self, r: Reading) -> None:
+        if r.vm is None:
+            return
+        run = self._runs.get((r.vm.uuid, r.vm.gen))
+        if run is not None and run.extend(r, self._seq, self._outages_to):
+            return
+        g = self._gen(r.vm, r.t, (r.vcpus, r.alloc))
         if g is None or g.ended:
             return
-        self._reading(g, t, rec, sample=True)
+        if g.configs[0][1:] == [None, None]:
+            g.configs[0][1:] = [r.vcpus, r.alloc]
+        self._reading(g, r.t, r.keys, r.values, r.rss, sample=True)
+        if self.RUNS and g.last_t == g.end_ns and \
+                g.configs[0][1:] != [None, None]:
+            self._runs[(g.uuid, g.gen)] = self._run_from(g, r)
 
-    def _reading(self, g: GenState, t: int, rec: dict[str, Any],
+    # --- runs: a gen's samples within one slice, added up at once -------
+
+    def _run_from(self, g: GenState, r: Reading) -> _Run:
+        """A run from the reading ``r`` just folded into ``g`` (at
+        ``g.last_t``): later samples in the same slice join it."""
+        start, holder = self._holder_at(g, g.last_t or g.end_ns)
+        cuts = [c for c in (*self._cuts(g), g.start_ns) if c > start]
+        limit = min([(start // BASE_NS + 1) * BASE_NS, *cuts])
+        return _Run(g, holder, g.end_ns, limit, r.keys, r.values)
+
+    def _settle(self, run: _Run) -> None:
+        """What the run's samples add: exactly what folding them one by
+        one (``_reading``) adds."""
+        if not run.n:
+            return
+        g, s = run.g, run.holder
+        s.vcpus, s.mem = g.config_at(g.end_ns)
+        self._run(s, g.end_ns, run.t)
+        q = s.quantities
+        for key, v0, v in zip(run.keys, run.entry, run.values):
+            q[key] = q.get(key, 0) + v - v0
+            g.last[key] = [run.t, v]
+        if run.rss is not None:
+            q[RSS] = max(q.get(RSS, run.rss), run.rss)
+        s.samples += run.n
+        g.samples += run.n
+        self._touch(s, run.seq)  # the entry reading touched it before
+        g.end_ns = g.last_t = run.t
+
+    def _reading(self, g: GenState, t: int, keys: Sequence[Key],
+                 values: Sequence[int], rss: int | None,
                  sample: bool) -> None:
-        if g.configs[0][1:] == [None, None] and sample:
-            g.configs[0][1:] = list(_config_of(rec))
+        """Counters (``keys`` sorted) and RSS read at ``t``."""
         held = self._advance(g, t)
         floor = g.last_t or g.start_ns  # never before the last reading
         if floor > t:
@@ -383,7 +413,7 @@ class Fold:
             self._interpolated(g, g.last_t, t)
         start, holder = held or self._holder_at(g, t)
         last, quantities, inside = g.last, holder.quantities, False
-        for key, v in sorted(counters_of(rec).items()):
+        for key, v in zip(keys, values):
             prev = last.get(key)
             if prev is not None and prev[0] != -1 and \
                     start <= prev[0] < t and v >= prev[1]:
@@ -395,8 +425,7 @@ class Fold:
                 self._delta(g, key, t, v)
         if inside and holder.end_ns < t:
             holder.end_ns = t
-        rss = _dict(rec.get("mem")).get("rss_bytes")
-        if isinstance(rss, int):
+        if rss is not None:
             holder.quantities[RSS] = max(holder.quantities.get(RSS, rss),
                                          rss)
         if sample:
@@ -439,7 +468,7 @@ class Fold:
             self._slice(g, a).interpolated_ns += b - a
 
     def _vm_stop(self, t: int, rec: dict[str, Any]) -> None:
-        g = self._gen(rec.get("vm"), t)
+        g = self._gen(vm_of(rec.get("vm")), t)
         if g is None or (g.ended and g.end_reason != "acct"):
             return
         ex = _dict(rec.get("exit"))
@@ -455,7 +484,9 @@ class Fold:
         g.end_reason = _reason(ex)
         g.exit = {k: ex[k] for k in ("code", "signal", "reason") if k in ex}
         self._advance(g, end)
-        self._reading(g, end, rec, sample=False)
+        found = sorted(counters(rec).items())
+        self._reading(g, end, [k for k, _ in found], [v for _, v in found],
+                      rss_of(rec), sample=False)
         g.ended = True
         self._close(g)
 
@@ -464,7 +495,7 @@ class Fold:
         if not isinstance(vm, dict):
             return
         key = (str(vm.get("uuid")), str(vm.get("gen")))
-        g = self.gens.get(key) or self._load(*key)
+        g = self._get(key)
         if g is None:
             return
         self.gens[key] = g
@@ -488,7 +519,7 @@ class Fold:
             if isinstance(vm, dict):
                 listed.add((str(vm.get("uuid")), str(vm.get("gen"))))
         for uuid, gen in list(self.host.open):
-            g = self.gens.get((uuid, gen)) or self._load(uuid, gen)
+            g = self._get((uuid, gen))
             if g is None:
                 continue
             self.gens[(uuid, gen)] = g
@@ -503,7 +534,7 @@ class Fold:
         ended at their last evidence, lost; how many."""
         n = 0
         for uuid, gen in list(self.host.open):
-            g = self.gens.get((uuid, gen)) or self._load(uuid, gen)
+            g = self._get((uuid, gen))
             if g is not None and not g.ended and not g.lost:
                 self.gens[(uuid, gen)] = g
                 g.lost = True
@@ -517,7 +548,7 @@ class Fold:
         if not isinstance(step, int):
             return
         for uuid, gen in self.host.open:
-            g = self.gens.get((uuid, gen)) or self._load(uuid, gen)
+            g = self._get((uuid, gen))
             if g is not None:
                 self.gens[(uuid, gen)] = g
                 s = self._holder(g, min(t, g.end_ns))
@@ -529,6 +560,35 @@ class Fold:
             self.host.open.remove([g.uuid, g.gen])
             if [g.uuid, g.gen] not in self.host.open:
                 self._open.discard((g.uuid, g.gen))
+
+
+class _Run:
+    """Samples of one gen after a reading at ``t0`` (``entry``: its
+    counters), all inside the slice ``holder`` (``t <= limit``), with the
+    same counters, none lower than before and no outage among them: they
+    add to that slice only, so they are added up when the run settles."""
+
+    __slots__ = ("entry", "g", "holder", "keys", "limit", "n", "rss", "seq",
+                 "t", "values")
+
+    def __init__(self, g: GenState, holder: SliceAcc, t0: int, limit: int,
+                 keys: tuple[Key, ...], values: tuple[int, ...]) -> None:
+        self.g, self.holder, self.t, self.limit = g, holder, t0, limit
+        self.keys, self.entry, self.values = keys, values, values
+        self.n, self.rss = 0, None  # type: int, int | None
+        self.seq = 0
+
+    def extend(self, r: Reading, seq: int, outages_to: int | None) -> bool:
+        """``r`` joins the run (True), or it must be folded by itself."""
+        if not self.t < r.t <= self.limit or r.keys != self.keys or \
+                (outages_to is not None and outages_to > self.t) or \
+                not all(map(ge, r.values, self.values)):
+            return False
+        self.t, self.values, self.seq = r.t, r.values, seq
+        self.n += 1
+        if r.rss is not None:
+            self.rss = r.rss if self.rss is None else max(self.rss, r.rss)
+        return True
 
 
 def _add(s: SliceAcc, key: Key, value: int) -> None:
@@ -544,15 +604,6 @@ def _new(change: Any, old: int | None) -> int | None:
             isinstance(change[1], int):
         return change[1]
     return old
-
-
-def _config_of(rec: dict[str, Any]) -> tuple[int | None, int | None]:
-    """A sample's configuration, for a gen whose vm_start was not seen:
-    its vCPU threads and configured memory."""
-    vcpus = _dict(rec.get("cpu")).get("vcpus")
-    mem = _dict(rec.get("mem")).get("alloc_bytes")
-    return (len(vcpus) if isinstance(vcpus, list) and vcpus else None,
-            _opt(mem))
 
 
 def _reason(ex: dict[str, Any]) -> str:
