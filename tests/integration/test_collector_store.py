@@ -191,6 +191,26 @@ def test_an_instance_stalled_in_a_transaction_does_not_block_its_peers(
         peer.close()
 
 
+@pytest.mark.postgresql
+def test_the_ledger_tables_leave_room_for_updates_once(pg_url, tmp_path):
+    """Every fold updates the ledger's rows: PostgreSQL fills their pages
+    only partly (fillfactor), so that updates stay in the page; set at
+    the first migrate, left alone by the next."""
+    store = open_store(tmp_path, pg_url)
+    try:
+        with store.transaction() as q:
+            options = dict(q(
+                "SELECT relname, reloptions FROM pg_class WHERE relname IN "
+                "('ledger_quantities', 'ledger_slices', 'ledger_rebuilds')"
+            ).fetchall())
+        assert options["ledger_quantities"] == ["fillfactor=60"], options
+        assert options["ledger_slices"] == ["fillfactor=60"], options
+        assert options["ledger_rebuilds"] is None  # only inserted
+        store.migrate()  # again: nothing to do, no error
+    finally:
+        store.close()
+
+
 def test_unreachable_store_is_one_line_naming_it(tmp_path):
     from integration.agent_process import free_port
     pytest.importorskip("psycopg")

@@ -45,8 +45,11 @@ from vmagent.collector.store import (
 from vmagent.ledger import book as ledger_book
 
 # records per fold transaction: SQLite's write lock (which the ingest's
-# stores wait for) is held for a fraction of a second (docs/benchmarks.md)
-FOLD_LIMIT = 16_000
+# stores wait for) is held for a fraction of a second, what the fold
+# writes growing with the slices it touches rather than with the records
+# (docs/benchmarks.md); PostgreSQL's fold holds only its host's rows
+FOLD_LIMIT = 32_000
+FOLD_LIMIT_POSTGRESQL = 64_000
 STOP_FOLD_S = 10.0  # at a stop, the worker folds what is left this long
 RESCAN_S = 30.0  # the held hosts' current WALs checked (a lost notice)
 TICK_S = 0.5  # the worker's longest sleep: signals, its parent
@@ -327,8 +330,10 @@ class LedgerWorker:
 
     def __init__(self, spec: str, lease_s: float,
                  metrics: Metrics | None = None,
-                 limit: int = FOLD_LIMIT) -> None:
-        self.spec, self.lease_s, self.limit = spec, lease_s, limit
+                 limit: int | None = None) -> None:
+        self.spec, self.lease_s = spec, lease_s
+        self.limit = limit if limit is not None else \
+            FOLD_LIMIT_POSTGRESQL if is_postgresql(spec) else FOLD_LIMIT
         self.metrics = metrics
         self.sqlite = not is_postgresql(spec)  # one process owns the store
         self.lock = threading.Lock()  # the pipe, from the ingest threads

@@ -655,6 +655,13 @@ def redact(url: str) -> str:
     return re.sub(r"^(\w+://[^:@/]*):[^@/]*@", r"\1@", url)
 
 
+#: PostgreSQL tables whose rows are updated in place by every fold, and how
+#: full their pages are filled by inserts (the rest: room for updates)
+_UPDATED_TABLES = ("ledger_hosts", "ledger_pos", "ledger_gens",
+                   "ledger_slices", "ledger_quantities", "ledger_rollup")
+_FILLFACTOR = 60
+
+
 class PostgresStore(SqlStore):
     """``postgresql://user@host:port/db``: a fleet of ``vmcollector run``
     shares one database.  One connection shared by the ingest threads under
@@ -753,8 +760,12 @@ class PostgresStore(SqlStore):
         server has it (PostgreSQL 14+ built with lz4): it compresses the
         kept frames about as well as the default pglz at a fraction of
         the CPU (bench/collector.py).  Only new rows are affected; a
-        server without lz4 keeps pglz."""
+        server without lz4 keeps pglz.  The ledger's tables, whose rows
+        every fold updates, leave room in their pages for the updated
+        rows (fillfactor): updates in place, without new index entries
+        (PostgreSQL's HOT updates), twice as fast (docs/benchmarks.md)."""
         version = super().migrate()
+        self._leave_room()
         try:
             with self._tx() as q:
                 row = q("SELECT attcompression FROM pg_attribute WHERE "
@@ -768,6 +779,17 @@ class PostgresStore(SqlStore):
             get_logger().info("frames_compression_default",
                               reason=str(err))
         return version
+
+    def _leave_room(self) -> None:
+        with self._tx() as q:
+            tables = [r[0] for r in q(
+                "SELECT relname FROM pg_class WHERE relname = ANY(%s) AND "
+                "NOT coalesce(reloptions, '{}') @> ARRAY[%s]",
+                (list(_UPDATED_TABLES), f"fillfactor={_FILLFACTOR}"))]
+            if tables:
+                self._migrate_lock(q)
+            for table in tables:
+                q(f"ALTER TABLE {table} SET (fillfactor = {_FILLFACTOR})")
 
     def _insert_many(self, table: str, columns: Sequence[str],
                      rows: list[tuple[Any, ...]]) -> None:

@@ -287,7 +287,7 @@ def _upsert(q: Any, table: str, columns: Sequence[str], key: Sequence[str],
                      if c not in key)
     if isinstance(q, _Unnest):
         if rows:
-            arrays = ", ".join(f"?::{_PG_ARRAYS.get(c, 'text')}[]"
+            arrays = ", ".join(f"%b::{_PG_ARRAYS.get(c, 'text')}[]"
                                for c in columns)
             q(f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM "
               f"unnest({arrays}) ON CONFLICT ({', '.join(key)}) DO UPDATE "
