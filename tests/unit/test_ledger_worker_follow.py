@@ -45,20 +45,23 @@ def stored_store(path, host="hv1", batches=5, per=5) -> SqliteStore:
     store = SqliteStore(path)
     store.migrate()
     store.put_host(HostRow(host, "http://x", "default", "t", b"\0" * 32))
-    seq = 0
-    for _ in range(batches):
-        recs = []
-        for _ in range(per):
-            seq += 1
-            r = start(T0, vcpus=2, mem=GIB) if seq == 1 else \
-                sample(T0 + seq * S, cpu=seq * S, rx=seq * 100)
-            recs.append({**r, "seq": seq, "host": "agent-id"})
-        body = b"".join(msgpack.packb(r, use_bin_type=True) for r in recs)
-        frame = StoredFrame(recs[0]["seq"], seq, hashlib.sha256(body)
-                            .digest(), b"\0" * 32, b"\0" * 64, "k", body,
-                            recs)
-        store.save_batch(host, WAL, [frame], [], seq, None)
+    for b in range(batches):
+        store_frame(store, host, b * per, per)
     return store
+
+
+def store_frame(store: SqliteStore, host: str, after: int, per: int) -> None:
+    """A frame of ``per`` records of ``host`` after seq ``after``."""
+    recs = []
+    for seq in range(after + 1, after + per + 1):
+        r = start(T0, vcpus=2, mem=GIB) if seq == 1 else \
+            sample(T0 + seq * S, cpu=seq * S, rx=seq * 100)
+        recs.append({**r, "seq": seq, "host": "agent-id"})
+    body = b"".join(msgpack.packb(r, use_bin_type=True) for r in recs)
+    frame = StoredFrame(after + 1, after + per,
+                        hashlib.sha256(body).digest(), b"\0" * 32,
+                        b"\0" * 64, "k", body, recs)
+    store.save_batch(host, WAL, [frame], [], after + per, None)
 
 
 def ledger(store: SqliteStore) -> list[tuple]:
@@ -108,6 +111,35 @@ def test_the_follower_folds_what_it_is_told_in_bounded_transactions(
         assert f.run() == "stopped"
         assert counted == [7, 7, 7, 4]
         assert f.folded == {"hv1": 25}
+        book.update(whole, "hv1", WAL)
+        assert ledger(store) == ledger(whole)
+    finally:
+        store.close()
+        whole.close()
+
+
+def test_a_backlog_told_of_in_many_notices_is_folded_in_few_folds(
+        tmp_path, counted):
+    """Storing a batch every few milliseconds, a fold after each would
+    write the same slices again and again: a (host, WAL) folded short of
+    the limit waits GATHER_S before its next fold, and gets the batches
+    stored meanwhile at once."""
+    store = stored_store(tmp_path / "a.db", batches=1)
+    whole = stored_store(tmp_path / "b.db", batches=40)
+    f = Follower(store, limit=10_000)
+    worker = threading.Thread(target=f.run)
+    worker.start()
+    try:
+        f.stored("hv1", WAL)
+        for b in range(1, 40):
+            time.sleep(0.02)
+            store_frame(store, "hv1", b * 5, 5)
+            f.stored("hv1", WAL)
+        f.stop(60)
+        worker.join(60)
+        assert not worker.is_alive()
+        assert sum(counted) == 200
+        assert len([n for n in counted if n]) <= 20, counted  # not 40
         book.update(whole, "hv1", WAL)
         assert ledger(store) == ledger(whole)
     finally:

@@ -50,6 +50,11 @@ from vmagent.ledger import book as ledger_book
 # (docs/benchmarks.md); PostgreSQL's fold holds only its host's rows
 FOLD_LIMIT = 32_000
 FOLD_LIMIT_POSTGRESQL = 64_000
+# a (host, WAL) folded short of the limit is folded again this long after,
+# not sooner: a backlog arriving in many small batches is folded in few
+# large ones (a fold's writes grow with the slices it touches, not with
+# its records), a live host's once-a-sweep batch at once
+GATHER_S = 0.5
 STOP_FOLD_S = 10.0  # at a stop, the worker folds what is left this long
 RESCAN_S = 30.0  # the held hosts' current WALs checked (a lost notice)
 TICK_S = 0.5  # the worker's longest sleep: signals, its parent
@@ -121,6 +126,7 @@ class Follower:
         self.scan: set[str] = set()  # hosts to look at in full
         # (host, WAL) whose fold failed: failures in a row, not before
         self.failed: dict[tuple[str, bytes], tuple[int, float]] = {}
+        self.rested: dict[tuple[str, bytes], float] = {}  # GATHER_S
         self.scan_failed, self.scan_at = 0, 0.0  # likewise, the scan
         self.stop_by: float | None = None  # set by a signal: no lock
         self.gone = False
@@ -184,9 +190,12 @@ class Follower:
         with self.lock:
             pairs, self.dirty = list(self.dirty), {}
         now = time.monotonic()
+        self.rested = {p: t for p, t in self.rested.items() if t > now}
         due: list[tuple[str, bytes]] = []
         for p in pairs:
-            if self.failed.get(p, (0, now))[1] <= now:
+            if self.failed.get(p, (0, now))[1] <= now and (
+                    self.stop_by is not None or
+                    self.rested.get(p, now) <= now):
                 due.append(p)
             else:
                 self._again([p])
@@ -207,6 +216,8 @@ class Follower:
                 self.folded[host] = self.folded.get(host, 0) + n
             if n < 0 or n >= self.limit:  # failed, or more past it
                 self._again([(host, wal)])
+            if 0 <= n < self.limit:
+                self.rested[(host, wal)] = time.monotonic() + GATHER_S
         return ok
 
     def _again(self, pairs: list[tuple[str, bytes]]) -> None:
