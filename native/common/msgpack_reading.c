@@ -134,6 +134,18 @@ static int map_header(struct reading *r, uint64_t *n, int may_be_absent)
     return OTHER;
 }
 
+/* An array's header (nil: an empty one). */
+static int array_or_nil(struct reading *r, struct mp_object *o)
+{
+    if (mp_header(&r->c, o) < 0)
+        return -1;
+    if (o->kind == MP_NIL) {
+        o->n = 0;
+        return 0;
+    }
+    return o->kind == MP_ARRAY ? 0 : OTHER;
+}
+
 /* --- vm ----------------------------------------------------------------- */
 
 struct vm {
@@ -193,12 +205,9 @@ static int cpu_field(struct reading *r, int which, void *arg)
     int rc;
 
     if (which == 2) {  /* the vCPU threads: counted */
-        if (mp_header(&r->c, &o) < 0)
-            return -1;
-        if (o.kind == MP_NIL)
-            return 0;
-        if (o.kind != MP_ARRAY)
-            return OTHER;
+        rc = array_or_nil(r, &o);
+        if (rc)
+            return rc;
         cpu->vcpus = (int64_t)o.n;
         if (mp_skip_body(&r->c, &o, 2) < 0)
             return -1;
@@ -281,18 +290,16 @@ static int devices(struct reading *r, const char *const *keys, int nnames,
                    const int *meters)
 {
     struct mp_object o;
+    int rc = array_or_nil(r, &o);
 
-    if (mp_header(&r->c, &o) < 0)
-        return -1;
-    if (o.kind == MP_NIL)
-        return 0;
-    if (o.kind != MP_ARRAY)
-        return OTHER;
+    if (rc)
+        return rc;
     for (uint64_t i = 0; i < o.n; i++) {
         struct device d = {nnames, {{0}}, {0}, {0}, {0}};
         uint64_t n;
-        int rc = map_header(r, &n, 0), name = -1;
+        int name = -1;
 
+        rc = map_header(r, &n, 0);
         if (rc)
             return rc;
         rc = map_fields(r, n, keys, device_field, &d);

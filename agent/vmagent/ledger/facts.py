@@ -30,6 +30,9 @@ from vmagent.ledger.readings import (
     Reading,
     Vm,
     counters,
+    dict_of,
+    dicts_of,
+    int_of,
     of_record,
     rss_of,
     vm_of,
@@ -42,19 +45,6 @@ __all__ = ["RSS", "Fold", "GenState", "HostState", "Key", "SliceAcc"]
 SliceId = tuple[str, str, int]
 
 RSS = ("mem_rss_max_bytes", "")
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _dicts(value: Any) -> list[dict[str, Any]]:
-    return [v for v in value if isinstance(v, dict)] \
-        if isinstance(value, list) else []
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) else 0
 
 
 @dataclass
@@ -178,7 +168,7 @@ class Fold:
                     host.first_t = rec.t
                 self._sample(rec)
             else:
-                self._seq = _int(rec.get("seq"))  # type: ignore[union-attr]
+                self._seq = int_of(rec.get("seq"))  # type: ignore[union-attr]
                 self.one(rec)  # type: ignore[arg-type]
         for key in list(self._runs):
             self._get(key)  # every run settled: the state is whole
@@ -195,7 +185,7 @@ class Fold:
             self.host.outages.append(t)
             self._outages_to = max(t, self._outages_to or t)
         elif kind == "coalesced":
-            for s in _dicts(rec.get("samples")):
+            for s in dicts_of(rec.get("samples")):
                 if isinstance(s.get("t"), int):
                     self._sample(of_record(s, s["t"], self._seq))
         elif kind == "vm_start":
@@ -324,7 +314,7 @@ class Fold:
     # --- records ------------------------------------------------------
 
     def _vm_start(self, t: int, rec: dict[str, Any]) -> None:
-        cfg = _dict(rec.get("config"))
+        cfg = dict_of(rec.get("config"))
         config = (_opt(cfg.get("vcpus")), _opt(cfg.get("alloc_bytes")))
         g = self._gen(vm_of(rec.get("vm")), t, config)
         if g is None:
@@ -339,7 +329,7 @@ class Fold:
         if g is None:
             return
         self._advance(g, t)
-        changed = _dict(rec.get("changed"))
+        changed = dict_of(rec.get("changed"))
         vcpus, mem = g.config_at(g.end_ns)
         new_vcpus = _new(changed.get("vcpus"), vcpus)
         new_mem = _new(changed.get("alloc_bytes"), mem)
@@ -471,7 +461,7 @@ class Fold:
         g = self._gen(vm_of(rec.get("vm")), t)
         if g is None or (g.ended and g.end_reason != "acct"):
             return
-        ex = _dict(rec.get("exit"))
+        ex = dict_of(rec.get("exit"))
         at, after, before = (ex.get(k) for k in ("at_ns", "after_ns",
                                                  "before_ns"))
         end = g.end_ns
@@ -491,7 +481,7 @@ class Fold:
         self._close(g)
 
     def _vm_acct(self, rec: dict[str, Any]) -> None:
-        vm, acct = rec.get("vm"), _dict(rec.get("acct"))
+        vm, acct = rec.get("vm"), dict_of(rec.get("acct"))
         if not isinstance(vm, dict):
             return
         key = (str(vm.get("uuid")), str(vm.get("gen")))
@@ -515,7 +505,7 @@ class Fold:
 
     def _inventory(self, t: int, rec: dict[str, Any]) -> None:
         listed = set()
-        for vm in _dicts(rec.get("vms")):
+        for vm in dicts_of(rec.get("vms")):
             if isinstance(vm, dict):
                 listed.add((str(vm.get("uuid")), str(vm.get("gen"))))
         for uuid, gen in list(self.host.open):

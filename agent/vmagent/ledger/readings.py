@@ -76,31 +76,31 @@ def counters(rec: dict[str, Any]) -> dict[Key, int]:
     if isinstance(cpu, dict):
         total = cpu.get("total_ns")
         if isinstance(total, int):
-            out[("cpu_ns", "")] = total + _int(cpu.get("vhost_ns"))
+            out[("cpu_ns", "")] = total + int_of(cpu.get("vhost_ns"))
     io = rec.get("io")
     if isinstance(io, dict):
         for key, name in IO_FIELDS:
             v = io.get(name)
             if isinstance(v, int):
                 out[key] = v
-    for nic in _dicts(rec.get("nics")):
+    for nic in dicts_of(rec.get("nics")):
         _device(out, str(nic.get("mac") or nic.get("name") or ""), nic,
                 NET_FIELDS)
-    for disk in _dicts(rec.get("disks")):
+    for disk in dicts_of(rec.get("disks")):
         _device(out, str(disk.get("path") or ""), disk, DISK_FIELDS)
     return out
 
 
 def rss_of(rec: dict[str, Any]) -> int | None:
-    rss = _dict(rec.get("mem")).get("rss_bytes")
+    rss = dict_of(rec.get("mem")).get("rss_bytes")
     return rss if isinstance(rss, int) else None
 
 
 def config_of(rec: dict[str, Any]) -> tuple[int | None, int | None]:
     """A sample's configuration, for a gen whose vm_start was not seen:
     its vCPU threads and configured memory."""
-    vcpus = _dict(rec.get("cpu")).get("vcpus")
-    mem = _dict(rec.get("mem")).get("alloc_bytes")
+    vcpus = dict_of(rec.get("cpu")).get("vcpus")
+    mem = dict_of(rec.get("mem")).get("alloc_bytes")
     return (len(vcpus) if isinstance(vcpus, list) and vcpus else None,
             mem if isinstance(mem, int) else None)
 
@@ -123,16 +123,19 @@ def _device(out: dict[Key, int], dev: str, fields_of: dict[str, Any],
                 out[(meter, dev)] = v
 
 
-def _dict(value: Any) -> dict[str, Any]:
+def dict_of(value: Any) -> dict[str, Any]:
+    """``value`` if it is a dict, else an empty one."""
     return value if isinstance(value, dict) else {}
 
 
-def _dicts(value: Any) -> list[dict[str, Any]]:
+def dicts_of(value: Any) -> list[dict[str, Any]]:
+    """The dicts in ``value`` if it is a list."""
     return [v for v in value if isinstance(v, dict)] \
         if isinstance(value, list) else []
 
 
-def _int(value: Any) -> int:
+def int_of(value: Any) -> int:
+    """``value`` if it is an integer, else 0."""
     return value if isinstance(value, int) else 0
 
 
