@@ -18,13 +18,20 @@ in a temporary state dir.  After a warm-up it measures, over ``--seconds``:
   reads of the same information, see bench/sweep.py);
 - the daemon's RSS (``VmRSS``) at the end.
 
+With ``--libvirt``, once each N's guests are gone, it runs
+bench/libvirt_stats.py (Debian's /usr/bin/python3 and python3-libvirt) on
+N guests of the same shape that libvirt starts, and ends with a table of
+the daemon against libvirt's getAllDomainStats() per VM.
+
 Run as root from the repository:
     sudo .venv/bin/python bench/daemon.py --vms 10 40 --seconds 90
+    sudo .venv/bin/python bench/daemon.py --vms 40 50 --seconds 45 --libvirt
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -32,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -52,6 +60,13 @@ from vmagent.api.control import query_status  # noqa: E402
 from vmagent.probes import Prober  # noqa: E402
 
 WARMUP_S = 15  # the first discovery, the first WAL segment, imports
+SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, where python3-libvirt is
+LIBVIRT_TIMEOUT_S = 900
+Row = tuple[dict[str, Any], dict[str, Any]]  # the daemon's, libvirt's
+
+
+class LibvirtRunError(Exception):
+    """bench/libvirt_stats.py could not run or measure; one line."""
 
 
 def threads_ns(pid: int) -> dict[int, int]:
@@ -78,7 +93,8 @@ def rss_kb(pid: int) -> int:
     raise ValueError("no VmRSS")
 
 
-def measure(n: int, seconds: int, floor_bin: Path, workdir: Path) -> dict:
+def measure(n: int, seconds: int, floor_bin: Path,
+            workdir: Path) -> dict[str, Any]:
     guests, taps = start_guests(n, workdir)
     agent = AgentProcess(workdir / "agent", interval=1.0)
     try:
@@ -128,13 +144,80 @@ def measure(n: int, seconds: int, floor_bin: Path, workdir: Path) -> dict:
         stop_guests(guests, taps)
 
 
+def libvirt_missing() -> str | None:
+    """Why bench/libvirt_stats.py cannot run here, or None."""
+    try:
+        done = subprocess.run([SYSTEM_PYTHON, "-c", "import libvirt"],
+                              capture_output=True)
+    except OSError as e:
+        return f"--libvirt: cannot run {SYSTEM_PYTHON}: {e.strerror}"
+    if done.returncode != 0:
+        return (f"--libvirt: {SYSTEM_PYTHON} cannot import libvirt "
+                "(apt-get install libvirt-daemon-system python3-libvirt)")
+    return None
+
+
+def libvirt_cost(n: int) -> dict[str, Any]:
+    """bench/libvirt_stats.py --vms n --json: its µs per VM and call."""
+    cmd = [SYSTEM_PYTHON, str(ROOT / "bench/libvirt_stats.py"),
+           "--vms", str(n), "--json"]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True,
+                              timeout=LIBVIRT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise LibvirtRunError(f"libvirt_stats.py --vms {n} took over "
+                              f"{LIBVIRT_TIMEOUT_S} s") from None
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        why = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise LibvirtRunError(f"libvirt_stats.py --vms {n} failed "
+                              f"({done.returncode}): {why}")
+    try:
+        return dict(json.loads(lines[-1]))
+    except ValueError:
+        raise LibvirtRunError(f"libvirt_stats.py --vms {n}: not JSON: "
+                              f"{lines[-1][:80]!r}") from None
+
+
+def print_libvirt(rows: list[Row]) -> None:
+    print("\nAgainst libvirt, same run: µs per VM (daemon and floor: CPU per"
+          " VM-sweep at 1 Hz; libvirt: per VM and getAllDomainStats() call,"
+          " CPU of libvirtd + QEMU + caller, and wall)")
+    print("| VMs | daemon | floor | daemon / floor | libvirt CPU | "
+          "libvirt wall | libvirt CPU / daemon | libvirt wall / daemon |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r, lv in rows:
+        print(f"| {r['vms']} | {r['daemon_us']:.1f} | {r['floor_us']:.1f} | "
+              f"{r['daemon_us'] / r['floor_us']:.2f} | {lv['cpu_us']:.0f} | "
+              f"{lv['wall_us']:.0f} | {lv['cpu_us'] / r['daemon_us']:.0f}× | "
+              f"{lv['wall_us'] / r['daemon_us']:.0f}× |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vms", type=int, nargs="+", default=[10, 40])
     ap.add_argument("--seconds", type=int, default=90)
+    ap.add_argument("--libvirt", action="store_true",
+                    help="also bench/libvirt_stats.py on as many guests")
     args = ap.parse_args()
     if not_root():
         return 2
+    if args.libvirt and (why := libvirt_missing()):
+        print(why, file=sys.stderr)
+        return 2
+    try:
+        rows = run(args)
+    except LibvirtRunError as e:
+        print(e, file=sys.stderr)
+        return 1
+    if rows:
+        print_libvirt(rows)
+    return 0
+
+
+def run(args: argparse.Namespace) -> list[Row]:
+    """The daemon table, row by row; with --libvirt, libvirt's figures."""
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         floor_bin = Path(tmp) / "floor"
         subprocess.run(["cc", "-O2", "-Wall", "-Werror", "-o", str(floor_bin),
@@ -153,7 +236,9 @@ def main() -> int:
                   f"{r['floor_us']:.1f} | "
                   f"{r['daemon_us'] / r['floor_us']:.2f} | "
                   f"{r['rss_mb']:.1f} | {threads} |", flush=True)
-    return 0
+            if args.libvirt:  # this N's guests are gone
+                rows.append((r, libvirt_cost(n)))
+    return rows
 
 
 if __name__ == "__main__":
