@@ -140,6 +140,33 @@ def parse_loadavg_last_pid(text: bytes) -> int:
     return int(fields[4])
 
 
+def parse_pid_max(text: bytes) -> int:
+    """``/proc/sys/kernel/pid_max``: pids are below it; ValueError
+    otherwise."""
+    word = text.strip()
+    if not word.isdigit() or int(word) < 2:
+        raise ValueError(f"not a pid_max: {text[:40]!r}")
+    return int(word)
+
+
+def pids_allocated(before: int, now: int, pid_max: int,
+                   bound: int) -> list[int] | None:
+    """The pids the kernel may have handed out while its last allocated
+    pid moved from ``before`` to ``now``: those after ``before`` up to
+    ``now``, cyclic below ``pid_max`` (torvalds/linux:kernel/pid.c,
+    alloc_pid: idr_alloc_cyclic, restarting above RESERVED_PIDS after a
+    wrap; the low pids are included anyway).  None when that cannot be
+    told: a value outside [0, pid_max) or a move of more than ``bound``
+    pids (a step backwards looks like a jump of almost ``pid_max``)."""
+    if not (0 <= before < pid_max and 0 <= now < pid_max):
+        return None
+    if (now - before) % pid_max > bound:
+        return None
+    if now >= before:
+        return list(range(before + 1, now + 1))
+    return [*range(before + 1, pid_max), *range(1, now + 1)]
+
+
 def parse_fdinfo(text: str) -> dict[str, str]:
     """``/proc/<pid>/fdinfo/<fd>`` as a dict (first value of each key).
 
