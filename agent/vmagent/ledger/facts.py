@@ -260,18 +260,18 @@ class Fold:
         start, s = held = self._holder_at(g, t)
         if start <= g.end_ns:  # no cut inside: one piece, in t's slice
             s.vcpus, s.mem = g.config_at(g.end_ns)
-            self._run(s, g.end_ns, t)
+            self._running(s, g.end_ns, t)
             g.end_ns = t
             return held
         for a, b in pieces(g.end_ns, t, self._cuts(g)):
             s = self._slice(g, a)
             s.vcpus, s.mem = g.config_at(a)  # a first config comes late
-            self._run(s, a, b)
+            self._running(s, a, b)
         g.end_ns = t
         return held
 
     @staticmethod
-    def _run(s: SliceAcc, a: int, b: int) -> None:
+    def _running(s: SliceAcc, a: int, b: int) -> None:
         """Running time ``[a, b)`` in slice ``s``."""
         s.end_ns = max(s.end_ns, b)
         run = b - a
@@ -378,7 +378,7 @@ class Fold:
             return
         g, s = run.g, run.holder
         s.vcpus, s.mem = g.config_at(g.end_ns)
-        self._run(s, g.end_ns, run.t)
+        self._running(s, g.end_ns, run.t)
         q = s.quantities
         for key, v0, v in zip(run.keys, run.entry, run.values):
             q[key] = q.get(key, 0) + v - v0
