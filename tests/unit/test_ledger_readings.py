@@ -162,3 +162,46 @@ def test_garbage_never_reads(junk):
     got = FromBytes()(junk, 7)
     if got is not None:
         assert got == of_record(rec, rec["t"], 7)
+
+
+# The scanner's limits, exact (the fuzzer's seeds: bench/fuzz_readings.py)
+
+def devices(n: int, key: str, name: str) -> list[dict[str, Any]]:
+    one = SAMPLE["nics" if key == "mac" else "disks"][0]
+    return [dict(one, **{key: name.format(k)}) for k in range(n)]
+
+
+NO_CPU_IO = {k: v for k, v in SAMPLE.items() if k not in ("cpu", "io")}
+
+
+@pytest.mark.parametrize("nics,disks,base,reads", [
+    (8, 8, NO_CPU_IO, True),  # 16 devices, 64 counters
+    (16, 0, NO_CPU_IO, True),
+    (16, 1, NO_CPU_IO, False),  # 17 devices
+    (8, 8, SAMPLE, False)])  # 64 counters and 3 more
+def test_sixteen_devices_and_sixty_four_counters_read_more_is_decoded(
+        nics, disks, base, reads):
+    rec = dict(base, nics=devices(nics, "mac", "m{}"),
+               disks=devices(disks, "path", "/d{}"))
+    got, want = both(msgpack.packb(rec))
+    assert (got == want) if reads else got is None
+    assert len(want.keys) == 4 * (nics + disks) + (base is SAMPLE) * 3
+
+
+@pytest.mark.parametrize("extra,reads", [(0, True), (1, False)])
+def test_keys_that_fill_the_signature_exactly_read_one_byte_more_is_decoded(
+        extra, reads):
+    # one NIC, four counters: 4 * (3 + len(name)) bytes of keys
+    name = "n" * (readings.lib.VMPROBE_READING_SIG // 4 - 3 + extra)
+    got, want = both(msgpack.packb(dict(NO_CPU_IO, disks=[], nics=devices(
+        1, "mac", name))))
+    assert (got == want) if reads else got is None
+    assert ("net_rx_bytes", name) in want.keys
+
+
+@pytest.mark.parametrize("total,vhost", [(2**63 - 1, 1), (-2**63, -1)])
+def test_a_cpu_sum_past_64_bits_is_decoded(total, vhost):
+    cpu = dict(SAMPLE["cpu"], total_ns=total, vhost_ns=vhost)
+    got, want = both(msgpack.packb(dict(SAMPLE, cpu=cpu)))
+    assert got is None
+    assert dict(zip(want.keys, want.values))[("cpu_ns", "")] == total + vhost
