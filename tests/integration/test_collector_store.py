@@ -5,6 +5,7 @@ once, conflicts rolled back whole, leases, fair shares, fencing."""
 from __future__ import annotations
 
 import time
+from contextlib import suppress
 
 import pytest
 
@@ -240,6 +241,44 @@ def test_status_and_run_on_an_unreachable_database(tmp_path):
         assert line.startswith("vmcollector: store unreachable: "
                                "postgresql://billing@127.0.0.1:"), line
         assert "pw" not in line
+
+
+def test_what_is_held_is_kept_as_records_are_stored(opened):
+    """``wals`` reads the held ranges kept by each batch (collector/
+    held.py) instead of every record: after any batches -- in order, with
+    holes, filling holes, replayed, refused whole, on two WALs -- it is
+    what the records themselves say (``exact``)."""
+    import random
+
+    store = opened()
+    store.put_host(host())
+    rng = random.Random(20261130)
+    for i in range(60):
+        wal = WAL if rng.random() < 0.8 else b"v" * 16
+        first = rng.randint(1, 80)
+        frames = [frame(first, n=rng.randint(1, 6))]
+        if rng.random() < 0.3:  # a second frame right after it
+            frames.append(frame(frames[0].last_seq + 1, n=2))
+        with suppress(EvidenceConflict):  # overlaps with other bytes
+            store.save_batch("hv", wal, frames, [], i, b"h" * 32)
+        assert store.wals("hv") == store.wals("hv", exact=True), i
+    assert sum(len(w["held"]) for w in store.wals("hv")) > 2
+
+
+def test_migration_9_fills_what_is_held_from_the_records(opened):
+    store = opened()
+    store.put_host(host())
+    store.save_batch("hv", WAL, [frame(1, n=3), frame(7, n=2)], [], 8,
+                     b"h" * 32)
+    store.save_batch("hv", b"v" * 16, [frame(2, n=2)], [], 3, b"h" * 32)
+    want = store.wals("hv", exact=True)
+    with store.transaction() as q:  # as a store made before migration 9
+        q("DROP TABLE wal_held")
+        q("DROP TABLE wal_summary")
+        q("DELETE FROM schema_version WHERE version = 9")
+    assert store.migrate() == len(MIGRATIONS)
+    assert store.wals("hv") == want
+    assert [w["held"] for w in want] == [[[1, 3], [7, 8]], [[2, 3]]]
 
 
 def real_frame(seq: int, n: int, extra: str = "") -> StoredFrame:

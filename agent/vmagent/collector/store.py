@@ -34,6 +34,8 @@ from typing import Any
 
 import msgpack
 
+from vmagent.collector.held import HELD_SCHEMA, note_stored
+from vmagent.collector.held import held as held_of
 from vmagent.errors import VmagentError
 from vmagent.keys import key_id
 from vmagent.ledger.close import PERIODS_SCHEMA
@@ -194,7 +196,7 @@ class Store:
     def set_acked(self, host: str, seq: int) -> None:
         raise NotImplementedError
 
-    def wals(self, host: str) -> list[dict[str, Any]]:
+    def wals(self, host: str, exact: bool = False) -> list[dict[str, Any]]:
         """Per WAL: held seq ranges, missing ranges, last seq, newest t."""
         raise NotImplementedError
 
@@ -275,6 +277,7 @@ MIGRATIONS: tuple[str, ...] = (
     OWNERS_SQL,  # 6: VM owners, time-versioned (ledger/owners.py)
     PERIODS_SCHEMA,  # 7: period close, certificates, corrections
     ROLLUP_SCHEMA,  # 8: the ledger's roll-up for grouped reports
+    HELD_SCHEMA,  # 9: the seq ranges held per WAL (collector/held.py)
 )
 
 _FRAME_COLUMNS = ("host", "wal", "first_seq", "last_seq", "hash",
@@ -461,6 +464,8 @@ class SqlStore(Store):
                      for r in f.heads.gap_records()]
         self._insert_many("frames", _FRAME_COLUMNS, frame_rows)
         self._insert_many("records", _RECORD_COLUMNS, record_rows)
+        note_stored(q, host, wal, [r[2] for r in record_rows],
+                    [r[4] for r in record_rows], now)
         for a, b, reason in gaps:
             _record_gap(q, host, wal, a, b, reason)
 
@@ -481,7 +486,20 @@ class SqlStore(Store):
             q("UPDATE hosts SET acked_seq = ? WHERE name = ? AND "
               "acked_seq < ?", (seq, host, seq))
 
-    def wals(self, host: str) -> list[dict[str, Any]]:
+    def wals(self, host: str, exact: bool = False) -> list[dict[str, Any]]:
+        """From what ``_insert_frames`` keeps (collector/held.py): a few
+        rows per WAL, however many records are stored; ``exact``: from the
+        records themselves (a period's certificate, its verification, an
+        evidence bundle: what the store holds now, whatever changed it)."""
+        out = self._held_exact(host) if exact else held_of(self._read, host)
+        gaps = self._read("SELECT wal, from_seq, to_seq, reason FROM missing "
+                          "WHERE host = ? ORDER BY from_seq", (host,))
+        for w in out:
+            w["gaps"] = [{"from_seq": a, "to_seq": b, "reason": r}
+                         for wal, a, b, r in gaps if bytes(wal) == w["wal"]]
+        return out
+
+    def _held_exact(self, host: str) -> list[dict[str, Any]]:
         out = []
         first = dict(self._read("SELECT wal, min(received) FROM frames "
                                 "WHERE host = ? GROUP BY wal", (host,)))
@@ -494,12 +512,7 @@ class SqlStore(Store):
                 "row_number() OVER (ORDER BY seq) AS g FROM records WHERE "
                 "host = ? AND wal = ?) AS runs GROUP BY g ORDER BY 1",
                 (host, wal))
-            gaps = self._read("SELECT from_seq, to_seq, reason FROM missing "
-                              "WHERE host = ? AND wal = ? ORDER BY from_seq",
-                              (host, wal))
             out.append({"wal": wal, "held": [list(r) for r in held],
-                        "gaps": [{"from_seq": a, "to_seq": b, "reason": r}
-                                 for a, b, r in gaps],
                         "last_seq": last_seq, "newest_t": newest_t,
                         "first": first.get(wal, math.inf)})
         out.sort(key=lambda w: w.pop("first"))

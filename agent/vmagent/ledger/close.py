@@ -224,7 +224,7 @@ def hosts_section(store: Any, p: Period) -> list[dict[str, Any]]:
         out.append({"name": h.name, "retired": h.state == "retired",
                     "wals": [{"wal": w["wal"].hex(), "held": w["held"],
                               "gaps": w["gaps"]}
-                             for w in store.wals(h.name)]})
+                             for w in store.wals(h.name, exact=True)]})
     return out
 
 
@@ -324,7 +324,7 @@ def _held_now(store: Any, hosts: list[dict[str, Any]]) -> list[Any]:
     business)."""
     out = []
     for h in hosts:
-        now = {w["wal"].hex(): w for w in store.wals(h["name"])}
+        now = {w["wal"].hex(): w for w in store.wals(h["name"], exact=True)}
         wals = []
         for w in h.get("wals") or []:
             top = max([0, *(b for _, b in w["held"]),

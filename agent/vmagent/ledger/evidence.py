@@ -89,7 +89,7 @@ def _host(store: Any, name: str, members: dict[str, bytes]) \
     keys = sorted({pub.hex() for h, _, pub, _ in store.host_keys(name)
                    if h == name})
     wals = []
-    for i, w in enumerate(store.wals(name)):
+    for i, w in enumerate(store.wals(name, exact=True)):
         wal = w["wal"]
         with store.transaction() as q:
             rows = q("SELECT first_seq, last_seq, hash, prev_hash, sig, "
