@@ -91,16 +91,14 @@ class Reconciliation:
 # --- closability ----------------------------------------------------------
 
 def _first_t(store: Any, host: str) -> int | None:
-    with store.transaction() as q:
-        row = q("SELECT state FROM ledger_hosts WHERE host = ?",
-                (host,)).fetchone()
-        if row is not None:
-            first = json.loads(row[0]).get("first_t")
-            if first is not None:
-                return int(first)
-        row = q("SELECT min(t) FROM records WHERE host = ?",
-                (host,)).fetchone()
-    return None if row is None or row[0] is None else int(row[0])
+    rows = store.read("SELECT state FROM ledger_hosts WHERE host = ?",
+                      (host,))
+    if rows:
+        first = json.loads(rows[0][0]).get("first_t")
+        if first is not None:
+            return int(first)
+    rows = store.read("SELECT min(t) FROM records WHERE host = ?", (host,))
+    return None if not rows or rows[0][0] is None else int(rows[0][0])
 
 
 def blocking(store: Any, p: Period) -> list[str]:
@@ -123,11 +121,12 @@ def blocking(store: Any, p: Period) -> list[str]:
 
 
 def _watermark(store: Any, host: str) -> int:
-    """The host's newest record ``t`` (gap records do not hold it back)."""
-    with store.transaction() as q:
-        row = q("SELECT max(t) FROM records WHERE host = ?",
-                (host,)).fetchone()
-    return 0 if row is None or row[0] is None else int(row[0])
+    """The host's newest record ``t`` (gap records do not hold it back),
+    as the store keeps it per WAL (collector/held.py): no scan of the
+    records, no write lock (a status, a scrape)."""
+    rows = store.read("SELECT max(newest_t) FROM wal_summary WHERE host = ?",
+                      (host,))
+    return 0 if not rows or rows[0][0] is None else int(rows[0][0])
 
 
 def closed_row(store: Any, p: Period) -> tuple[dict[str, Any], bytes] | None:
